@@ -1,0 +1,88 @@
+"""pyro_vae: a variational autoencoder written as a Pyro program.
+
+Swap the prior or the likelihood in a function, measure the log-likelihood honestly, compare
+ELBO estimators side by side.
+"""
+
+from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from .config import ModelConfig, TrainConfig, load_config, save_config
+from .estimators import ESTIMATORS, IWAE_ELBO, make_elbo
+from .evaluate import LogLikelihood, active_units, evaluate, kl_to_prior, log_likelihood
+from .guides import GUIDES, Guide, IAFGuide, NormalGuide, make_guide
+from .importance import vectorized_log_weights
+from .likelihoods import (
+    LIKELIHOODS,
+    BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
+    GaussianLikelihood,
+    LaplaceLikelihood,
+    LearnedGaussianLikelihood,
+    Likelihood,
+    make_likelihood,
+)
+from .networks import MLP
+from .priors import (
+    PRIORS,
+    LearnedNormalPrior,
+    MixturePrior,
+    Prior,
+    StandardNormalPrior,
+    VampPrior,
+    make_prior,
+)
+from .train import TrainingDiverged, TrainResult, resolve_device, train
+from .vae import VAE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VAE",
+    "MLP",
+    # priors
+    "Prior",
+    "StandardNormalPrior",
+    "LearnedNormalPrior",
+    "MixturePrior",
+    "VampPrior",
+    "PRIORS",
+    "make_prior",
+    # likelihoods
+    "Likelihood",
+    "BernoulliLikelihood",
+    "GaussianLikelihood",
+    "LearnedGaussianLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "LaplaceLikelihood",
+    "LIKELIHOODS",
+    "make_likelihood",
+    # guides
+    "Guide",
+    "NormalGuide",
+    "IAFGuide",
+    "GUIDES",
+    "make_guide",
+    # estimators and evaluation
+    "ESTIMATORS",
+    "IWAE_ELBO",
+    "make_elbo",
+    "vectorized_log_weights",
+    "log_likelihood",
+    "LogLikelihood",
+    "evaluate",
+    "kl_to_prior",
+    "active_units",
+    # training, config, checkpoints
+    "ModelConfig",
+    "TrainConfig",
+    "save_config",
+    "load_config",
+    "train",
+    "TrainResult",
+    "TrainingDiverged",
+    "resolve_device",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "CheckpointError",
+    "__version__",
+]

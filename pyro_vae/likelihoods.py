@@ -1,0 +1,176 @@
+"""Likelihoods p(x | z).
+
+A likelihood is an ``nn.Module`` that turns the decoder's output ``[..., num_params * x_dim]`` into
+a Pyro distribution with ``event_shape == [x_dim]``, and that checks data against its support with
+:meth:`Likelihood.check` (called once per data set, so the training step stays free of syncs).
+Pyro's own validation stays on as the second line of defence.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn.functional import softplus
+
+from ._registry import lookup
+
+__all__ = [
+    "Likelihood",
+    "BernoulliLikelihood",
+    "GaussianLikelihood",
+    "LearnedGaussianLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "LaplaceLikelihood",
+    "LIKELIHOODS",
+    "make_likelihood",
+    "check_data",
+]
+
+_CONTINUOUS = "gaussian, learned_gaussian, continuous_bernoulli or laplace"
+
+
+def check_data(x: torch.Tensor, x_dim: int | None = None, what: str = "data") -> None:
+    """Raise a clear error unless ``x`` is a finite floating tensor of shape ``[N, x_dim]``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor of shape [N, x_dim], got {type(x).__name__}")
+    if x.dim() != 2:
+        hint = " (flatten images to [N, H*W], e.g. x.reshape(len(x), -1))" if x.dim() > 2 else ""
+        raise ValueError(f"{what} must have shape [N, x_dim], got {list(x.shape)}{hint}")
+    if x_dim is not None and x.shape[1] != x_dim:
+        raise ValueError(
+            f"{what} has {x.shape[1]} features per datapoint but the model expects x_dim={x_dim} "
+            f"(shape {list(x.shape)}); build the model with x_dim={x.shape[1]} or reshape the data"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{what} must be floating point, got {x.dtype}; convert with x.float()")
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        n = int(bad.sum())
+        kind = "NaN" if bool(torch.isnan(x).any()) else "infinite"
+        raise ValueError(
+            f"{what} contains {n} non-finite value(s) ({kind}); clean or impute them before training"
+        )
+
+
+class Likelihood(nn.Module):
+    """Base class. ``num_params`` decoder outputs per data dimension."""
+
+    num_params: int = 1
+    #: human-readable support, used in error messages
+    support_text: str = "real numbers"
+
+    def __init__(self, x_dim: int) -> None:
+        super().__init__()
+        self.x_dim = int(x_dim)
+
+    def forward(self, params: torch.Tensor) -> dist.Distribution:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check(self, x: torch.Tensor, what: str = "data") -> None:
+        """Raise ValueError if ``x [N, x_dim]`` has the wrong shape or lies outside the support."""
+        check_data(x, self.x_dim, what)
+
+
+class BernoulliLikelihood(Likelihood):
+    """x_d ~ Bernoulli(sigmoid(logit_d)): binary data only."""
+
+    support_text = "{0, 1}"
+
+    def forward(self, params: torch.Tensor) -> dist.Distribution:
+        return dist.Bernoulli(logits=params).to_event(1)
+
+    def check(self, x: torch.Tensor, what: str = "data") -> None:
+        super().check(x, what)
+        nonbinary = (x != 0) & (x != 1)
+        if bool(nonbinary.any()):
+            example = float(x[nonbinary][0])
+            raise ValueError(
+                f"the bernoulli likelihood needs binary {what} in {{0, 1}}, but {int(nonbinary.sum())} "
+                f"values are not (e.g. {example:.4g}): grayscale pixels are not Bernoulli outcomes. "
+                f"Binarize the data (pyro_vae.binarize, or binarize='dynamic' in training) or pick a "
+                f"continuous likelihood: {_CONTINUOUS}"
+            )
+
+
+class _RealLikelihood(Likelihood):
+    def forward(self, params: torch.Tensor) -> dist.Distribution:
+        return self.base(params, self.scale()).to_event(1)
+
+
+class GaussianLikelihood(_RealLikelihood):
+    """x ~ N(mu(z), s^2 I) with a fixed scale ``s`` (default 1: the identity-covariance model)."""
+
+    base = dist.Normal
+
+    def __init__(self, x_dim: int, scale: float = 1.0) -> None:
+        super().__init__(x_dim)
+        if not scale > 0:
+            raise ValueError(f"the Gaussian likelihood's scale must be > 0, got {scale}")
+        self.register_buffer("_scale", torch.full((x_dim,), float(scale)))
+
+    def scale(self) -> torch.Tensor:
+        return self._scale
+
+
+class LearnedGaussianLikelihood(_RealLikelihood):
+    """x ~ N(mu(z), diag(sigma^2)) with one learned scale per data dimension.
+
+    The scale is floored at ``min_scale``: a pixel that is constant in the data would otherwise
+    drive its scale to zero and the density to infinity.
+    """
+
+    base = dist.Normal
+
+    def __init__(self, x_dim: int, init_scale: float = 1.0, min_scale: float = 1e-2) -> None:
+        super().__init__(x_dim)
+        self.min_scale = float(min_scale)
+        if not init_scale > min_scale:
+            raise ValueError(f"init_scale must exceed min_scale={min_scale}, got {init_scale}")
+        raw = torch.log(torch.expm1(torch.tensor(float(init_scale) - self.min_scale)))
+        self.raw_scale = nn.Parameter(raw.expand(x_dim).clone())
+
+    def scale(self) -> torch.Tensor:
+        return softplus(self.raw_scale) + self.min_scale
+
+
+class LaplaceLikelihood(LearnedGaussianLikelihood):
+    """x ~ Laplace(mu(z), b) with one learned scale ``b`` per data dimension (floored)."""
+
+    base = dist.Laplace
+
+
+class ContinuousBernoulliLikelihood(Likelihood):
+    """x_d ~ ContinuousBernoulli(logit_d) on [0, 1] (Loaiza-Ganem & Cunningham 2019).
+
+    The properly normalised density for grayscale pixels that the Bernoulli is often misused for.
+    """
+
+    support_text = "[0, 1]"
+
+    def forward(self, params: torch.Tensor) -> dist.Distribution:
+        return dist.ContinuousBernoulli(logits=params).to_event(1)
+
+    def check(self, x: torch.Tensor, what: str = "data") -> None:
+        super().check(x, what)
+        outside = (x < 0) | (x > 1)
+        if bool(outside.any()):
+            raise ValueError(
+                f"the continuous_bernoulli likelihood needs {what} in [0, 1], but "
+                f"{int(outside.sum())} values are outside (min {float(x.min()):.4g}, max "
+                f"{float(x.max()):.4g}); rescale the data to [0, 1] or pick gaussian or laplace"
+            )
+
+
+LIKELIHOODS = {
+    "bernoulli": lambda x_dim, scale: BernoulliLikelihood(x_dim),
+    "gaussian": lambda x_dim, scale: GaussianLikelihood(x_dim, scale),
+    "learned_gaussian": lambda x_dim, scale: LearnedGaussianLikelihood(x_dim, init_scale=scale),
+    "continuous_bernoulli": lambda x_dim, scale: ContinuousBernoulliLikelihood(x_dim),
+    "laplace": lambda x_dim, scale: LaplaceLikelihood(x_dim, init_scale=scale),
+}
+
+
+def make_likelihood(name: str, x_dim: int, scale: float = 1.0) -> Likelihood:
+    """Build a likelihood by name. ``scale`` is the fixed (gaussian) or initial (learned) scale."""
+    return lookup("likelihood", name, LIKELIHOODS)(x_dim, scale)

@@ -1,0 +1,185 @@
+"""The variational autoencoder as a Pyro model/guide pair.
+
+Model (generative story), for each datapoint n in the data plate::
+
+    z_n ~ p(z)                      # the prior, N(0, I) by default
+    x_n ~ p(x | decoder(z_n))       # the likelihood, Bernoulli on logits by default
+
+Guide (amortized inference)::
+
+    z_n ~ q(z | x_n) = encoder(x_n)
+
+Both live in ``pyro.plate("data", dim=-1)`` over the batch, so every per-datapoint quantity keeps
+its datapoint index; this is the convention that :func:`pyro_vae.log_likelihood` and the
+estimators rely on.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .guides import Guide, make_guide
+from .likelihoods import Likelihood, make_likelihood
+from .networks import MLP
+from .priors import Prior, make_prior
+
+__all__ = ["VAE"]
+
+_instances = itertools.count()
+
+
+def _name_or_custom(obj, kind: type) -> str:
+    return obj if isinstance(obj, str) else f"custom:{type(obj).__name__}"
+
+
+class VAE(nn.Module):
+    """A VAE with swappable prior, likelihood and guide.
+
+    Args:
+        x_dim: data dimension D (e.g. 784 for 28x28 images).
+        z_dim: latent dimension.
+        hidden_dims: encoder hidden sizes; the decoder mirrors them.
+        activation: ``relu``, ``tanh``, ``elu``, ``softplus``, ``leaky_relu``, ``gelu``, ``silu``.
+        prior: a name (``normal``, ``learned_normal``, ``mixture``, ``vamp``) or a
+            :class:`~pyro_vae.priors.Prior`-like module whose ``forward()`` returns a distribution
+            with event shape ``[z_dim]``.
+        likelihood: a name (``bernoulli``, ``gaussian``, ``learned_gaussian``,
+            ``continuous_bernoulli``, ``laplace``) or a :class:`~pyro_vae.likelihoods.Likelihood`.
+        guide: a name (``normal``, ``iaf``) or a :class:`~pyro_vae.guides.Guide`.
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int = 20,
+        hidden_dims: Sequence[int] = (400,),
+        activation: str = "relu",
+        prior: str | Prior = "normal",
+        likelihood: str | Likelihood = "bernoulli",
+        guide: str | Guide = "normal",
+        num_components: int = 10,
+        num_flows: int = 2,
+        likelihood_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.config = ModelConfig(
+            x_dim=int(x_dim),
+            z_dim=int(z_dim),
+            hidden_dims=tuple(int(h) for h in hidden_dims),
+            activation=activation,
+            prior=_name_or_custom(prior, Prior),
+            likelihood=_name_or_custom(likelihood, Likelihood),
+            guide=_name_or_custom(guide, Guide),
+            num_components=int(num_components),
+            num_flows=int(num_flows),
+            likelihood_scale=float(likelihood_scale),
+        )
+        hidden = self.config.hidden_dims
+        self.encoder = (
+            make_guide(guide, x_dim, z_dim, hidden, activation, num_flows)
+            if isinstance(guide, str)
+            else guide
+        )
+        self.likelihood = (
+            make_likelihood(likelihood, x_dim, likelihood_scale)
+            if isinstance(likelihood, str)
+            else likelihood
+        )
+        self.prior = (
+            make_prior(prior, z_dim, x_dim, num_components) if isinstance(prior, str) else prior
+        )
+        if hasattr(self.prior, "bind"):
+            self.prior.bind(self.encoder.gaussian)
+        num_params = getattr(self.likelihood, "num_params", 1)
+        self.decoder = MLP(z_dim, tuple(reversed(hidden)), num_params * x_dim, activation)
+        # One param-store name per instance: two VAEs in a process must not share parameters.
+        self._pyro_name = f"vae{next(_instances)}"
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, **objects) -> "VAE":
+        """Rebuild from a :class:`ModelConfig`; pass user-written prior/likelihood/guide objects
+        by keyword when the config records them as ``custom:...``."""
+        kwargs = config.to_dict()
+        for key in ("prior", "likelihood", "guide"):
+            if key in objects:
+                kwargs[key] = objects.pop(key)
+            elif str(kwargs[key]).startswith("custom:"):
+                raise ValueError(
+                    f"this model was built with a user-written {key} ({kwargs[key]}); pass it "
+                    f"again, e.g. load_model(path, {key}=My{key.capitalize()}(...))"
+                )
+        if objects:
+            raise TypeError(f"unexpected keyword arguments {sorted(objects)}")
+        return cls(**kwargs)
+
+    # -- shapes -------------------------------------------------------------------------------
+    def _check_x(self, x: torch.Tensor) -> int:
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.config.x_dim:
+            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(
+                f"VAE expects x of shape [batch, {self.config.x_dim}], got {shape}; "
+                f"flatten images with x.reshape(len(x), -1)"
+            )
+        return x.shape[0]
+
+    def _data_plate(self, x: torch.Tensor, num_data: int | None):
+        batch = self._check_x(x)
+        if num_data is None or num_data == batch:
+            return pyro.plate("data", batch, dim=-1)
+        # Passing the subsample explicitly scales log densities by num_data / batch without
+        # drawing a random permutation of num_data indices at every step.
+        index = torch.arange(batch, device=x.device)
+        return pyro.plate("data", size=num_data, subsample=index, dim=-1)
+
+    # -- the Pyro program ---------------------------------------------------------------------
+    def model(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        """p(x, z). ``x [B, x_dim]``; ``num_data`` = data-set size N scales the minibatch by N/B."""
+        pyro.module(self._pyro_name, self)
+        with self._data_plate(x, num_data):
+            z = pyro.sample("z", self.prior())
+            return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    def guide(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        """q(z | x). ``x [B, x_dim]``; returns ``z [B, z_dim]`` (``[K, B, z_dim]`` under a
+        vectorized particle plate)."""
+        pyro.module(self._pyro_name, self)
+        with self._data_plate(x, num_data):
+            return pyro.sample("z", self.encoder(x))
+
+    # -- conveniences -------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> dist.Distribution:
+        """q(z | x) for ``x [B, x_dim]``: batch ``[B]``, event ``[z_dim]``."""
+        self._check_x(x)
+        return self.encoder(x)
+
+    def posterior_mean(self, x: torch.Tensor, num_samples: int = 64) -> torch.Tensor:
+        """E_q[z | x] ``[B, z_dim]``: exact for Gaussian guides, a Monte Carlo mean otherwise."""
+        q = self.encode(x)
+        try:
+            return q.mean
+        except NotImplementedError:
+            return q.sample((num_samples,)).mean(0)
+
+    def decode(self, z: torch.Tensor) -> dist.Distribution:
+        """p(x | z) for ``z [..., z_dim]``: batch ``[...]``, event ``[x_dim]``."""
+        return self.likelihood(self.decoder(z))
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = True) -> torch.Tensor:
+        """``n`` new datapoints ``[n, x_dim]`` from the prior: the likelihood's mean (``mean=True``,
+        what figures show) or a draw from it."""
+        z = self.prior().sample((n,))
+        p = self.decode(z)
+        return p.mean if mean else p.sample()
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The likelihood's mean at the posterior mean: ``[B, x_dim]``."""
+        return self.decode(self.posterior_mean(x)).mean

@@ -1,0 +1,20 @@
+"""Shared fixtures: Pyro validation on, a clean param store and a fixed seed for every test."""
+
+import pyro
+import pytest
+import torch
+
+
+
+@pytest.fixture(autouse=True)
+def _pyro_state():
+    pyro.enable_validation(True)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+requires_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU visible to torch (CI has none)"
+)
