@@ -6,6 +6,19 @@ ELBO estimators side by side.
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .config import ModelConfig, TrainConfig, load_config, save_config
+from .data import (
+    DATASETS,
+    CorruptDataError,
+    DatasetNotFoundError,
+    DatasetWarning,
+    ImageData,
+    as_tensor,
+    binarize,
+    binarize_static,
+    default_cache_dir,
+    load_dataset,
+    read_idx,
+)
 from .estimators import ESTIMATORS, IWAE_ELBO, make_elbo
 from .evaluate import LogLikelihood, active_units, evaluate, kl_to_prior, log_likelihood
 from .guides import GUIDES, Guide, IAFGuide, NormalGuide, make_guide
@@ -21,6 +34,14 @@ from .likelihoods import (
     make_likelihood,
 )
 from .networks import MLP
+from .plots import (
+    pca_project,
+    plot_image_grid,
+    plot_latent_space,
+    plot_manifold,
+    plot_reconstructions,
+    plot_training_curves,
+)
 from .priors import (
     PRIORS,
     LearnedNormalPrior,
@@ -84,5 +105,24 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "CheckpointError",
+    # data
+    "DATASETS",
+    "ImageData",
+    "load_dataset",
+    "read_idx",
+    "binarize",
+    "binarize_static",
+    "as_tensor",
+    "default_cache_dir",
+    "DatasetNotFoundError",
+    "CorruptDataError",
+    "DatasetWarning",
+    # figures
+    "plot_training_curves",
+    "plot_image_grid",
+    "plot_reconstructions",
+    "plot_latent_space",
+    "plot_manifold",
+    "pca_project",
     "__version__",
 ]

@@ -7,7 +7,7 @@ A guide is an ``nn.Module`` whose ``forward(x [B, x_dim])`` returns a distributi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch

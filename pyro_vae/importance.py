@@ -74,7 +74,7 @@ def _data_scale(trace: poutine.Trace) -> float:
 def vectorized_log_weights(
     model, guide, *args, num_samples: int, max_plate_nesting: int = 1, **kwargs
 ) -> LogWeights:
-    """Draw ``z_k ~ q(z | x)``, k = 1..K, and return ``log p(x, z_k) - log q(z_k | x)`` per datapoint.
+    """Draw ``z_k ~ q(z | x)``, k = 1..K; return ``log p(x, z_k) - log q(z_k | x)`` per datapoint.
 
     ``model`` and ``guide`` take the same ``*args, **kwargs``; their per-datapoint sites must sit
     in a plate at dim -1 and use at most ``max_plate_nesting`` plates. Returns ``log_w`` of shape

@@ -33,7 +33,9 @@ _CONTINUOUS = "gaussian, learned_gaussian, continuous_bernoulli or laplace"
 def check_data(x: torch.Tensor, x_dim: int | None = None, what: str = "data") -> None:
     """Raise a clear error unless ``x`` is a finite floating tensor of shape ``[N, x_dim]``."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor of shape [N, x_dim], got {type(x).__name__}")
+        raise TypeError(
+            f"{what} must be a torch.Tensor of shape [N, x_dim], got {type(x).__name__}"
+        )
     if x.dim() != 2:
         hint = " (flatten images to [N, H*W], e.g. x.reshape(len(x), -1))" if x.dim() > 2 else ""
         raise ValueError(f"{what} must have shape [N, x_dim], got {list(x.shape)}{hint}")
@@ -49,7 +51,8 @@ def check_data(x: torch.Tensor, x_dim: int | None = None, what: str = "data") ->
         n = int(bad.sum())
         kind = "NaN" if bool(torch.isnan(x).any()) else "infinite"
         raise ValueError(
-            f"{what} contains {n} non-finite value(s) ({kind}); clean or impute them before training"
+            f"{what} contains {n} non-finite value(s) ({kind}); "
+            f"clean or impute them before training"
         )
 
 
@@ -86,10 +89,10 @@ class BernoulliLikelihood(Likelihood):
         if bool(nonbinary.any()):
             example = float(x[nonbinary][0])
             raise ValueError(
-                f"the bernoulli likelihood needs binary {what} in {{0, 1}}, but {int(nonbinary.sum())} "
-                f"values are not (e.g. {example:.4g}): grayscale pixels are not Bernoulli outcomes. "
-                f"Binarize the data (pyro_vae.binarize, or binarize='dynamic' in training) or pick a "
-                f"continuous likelihood: {_CONTINUOUS}"
+                f"the bernoulli likelihood needs binary {what} in {{0, 1}}, but "
+                f"{int(nonbinary.sum())} values are not (e.g. {example:.4g}): grayscale pixels "
+                f"are not Bernoulli outcomes. Binarize the data (pyro_vae.binarize, or "
+                f"binarize='dynamic' in training) or pick a continuous likelihood: {_CONTINUOUS}"
             )
 
 

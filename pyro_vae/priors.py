@@ -8,7 +8,7 @@ A user-written prior is any such module (see README).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pyro.distributions as dist
 import torch

@@ -11,9 +11,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pyro
 import torch
@@ -50,7 +50,7 @@ class TrainResult:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"cpu"``, ``"cuda"`` or ``"cuda:N"``, with a clear error when CUDA is asked for and absent."""
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"``; a clear error when CUDA is asked for and absent."""
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -90,6 +90,18 @@ def _write_metrics(out_dir: Path, history: list[dict]) -> None:
     # Rewritten whole and atomically from the checkpointed history, so a crash between the
     # checkpoint and the metrics never leaves duplicated or missing lines after a resume.
     atomic_write_text(out_dir / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _diverged(what: str, epoch: int, step: int, ckpt_path: Path | None) -> str:
+    kept = (
+        f"the last good checkpoint ({ckpt_path}) is intact"
+        if ckpt_path is not None and ckpt_path.exists()
+        else "no checkpoint was written"
+    )
+    return (
+        f"training diverged: {what} at epoch {epoch}, step {step + 1}; this epoch's parameters "
+        f"are discarded and {kept}. Try a lower --lr, another likelihood scale, or check the data."
+    )
 
 
 def _loss_fn(elbo) -> Callable:
@@ -177,7 +189,9 @@ def train(
         t0 = time.perf_counter()
         vae.train()
         # The shuffle depends only on (seed, epoch), so a resumed run sees the same order.
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+        order = torch.randperm(
+            n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch)
+        )
         order = order.to(device)
         total = torch.zeros((), device=device)
         batches = range(0, n, bs)
@@ -187,25 +201,28 @@ def train(
             if config.binarize == "dynamic":
                 x = torch.bernoulli(x)
             optimizer.zero_grad(set_to_none=True)
-            loss = step(vae.model, vae.guide, x, n)
+            try:
+                loss = step(vae.model, vae.guide, x, n)
+            except ValueError as e:
+                # NaN parameters surface first as Pyro's distribution validation errors.
+                if all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
+                    raise
+                raise TrainingDiverged(
+                    _diverged("non-finite parameters", epoch, i, ckpt_path)
+                ) from e
             total = total + loss * (len(x) / n)
             if i % 50 == 0 or start + bs >= n:
                 value = float(loss)
                 if not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"the loss became {value} at epoch {epoch}, step {i + 1}; parameters of "
-                        f"this epoch are discarded and "
-                        + (
-                            f"the last good checkpoint ({ckpt_path}, epoch {epoch - 1}) is intact"
-                            if ckpt_path is not None and epoch > 1
-                            else "no checkpoint was written"
-                        )
-                        + ". Try a lower --lr, a different likelihood scale, or check the data."
-                    )
+                    raise TrainingDiverged(_diverged(f"a loss of {value}", epoch, i, ckpt_path))
                 bar.set_postfix(elbo=f"{-value / n:.2f}")
             optimizer.step()
         # Each batch loss is -(N/B) sum_batch ELBO_n; weighted by B/N they sum to -sum_n ELBO_n.
-        record = {"epoch": epoch, "train_elbo": -float(total) / n, "seconds": time.perf_counter() - t0}
+        record = {
+            "epoch": epoch,
+            "train_elbo": -float(total) / n,
+            "seconds": time.perf_counter() - t0,
+        }
         if x_test is not None:
             vae.eval()
             last = epoch == config.epochs

@@ -17,7 +17,7 @@ estimators rely on.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -103,7 +103,7 @@ class VAE(nn.Module):
         self._pyro_name = f"vae{next(_instances)}"
 
     @classmethod
-    def from_config(cls, config: ModelConfig, **objects) -> "VAE":
+    def from_config(cls, config: ModelConfig, **objects) -> VAE:
         """Rebuild from a :class:`ModelConfig`; pass user-written prior/likelihood/guide objects
         by keyword when the config records them as ``custom:...``."""
         kwargs = config.to_dict()

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 
-
 @pytest.fixture(autouse=True)
 def _pyro_state():
     pyro.enable_validation(True)

@@ -1,7 +1,7 @@
 """A linear-Gaussian VAE with closed forms: z ~ N(0, I_d), x | z ~ N(W z + b, s^2 I_D).
 
-    p(x)      = N(x; b, W W^T + s^2 I)
-    p(z | x)  = N(z; S W^T (x - b) / s^2, S),   S = (I + W^T W / s^2)^-1
+p(x)      = N(x; b, W W^T + s^2 I)
+p(z | x)  = N(z; S W^T (x - b) / s^2, S),   S = (I + W^T W / s^2)^-1
 """
 
 from __future__ import annotations

@@ -1,0 +1,94 @@
+"""Likelihoods: normalised densities, support checks with actionable messages."""
+
+import pytest
+import torch
+
+import pyro_vae as pv
+
+
+def _params(name, x_dim):
+    lik = pv.make_likelihood(name, x_dim).double()
+    with torch.no_grad():
+        for p in lik.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return lik, torch.randn(x_dim, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "learned_gaussian", "laplace"])
+def test_real_likelihoods_integrate_to_one(name):
+    lik, params = _params(name, 1)
+    t = torch.linspace(-40, 40, 200001, dtype=torch.float64).unsqueeze(-1)
+    with torch.no_grad():
+        p = lik(params).log_prob(t).exp()
+    assert abs(float(torch.trapezoid(p, t[:, 0])) - 1) < 1e-6
+
+
+def test_continuous_bernoulli_integrates_to_one_on_the_unit_square():
+    lik, params = _params("continuous_bernoulli", 2)
+    t = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    xx = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        p = lik(params).log_prob(xx).exp().reshape(1001, 1001)
+    assert abs(float(torch.trapezoid(torch.trapezoid(p, t, dim=1), t)) - 1) < 1e-5
+
+
+def test_bernoulli_sums_to_one_over_binary_vectors():
+    lik, params = _params("bernoulli", 3)
+    xs = torch.tensor([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)]).double()
+    assert abs(float(lik(params).log_prob(xs).exp().sum()) - 1) < 1e-12
+
+
+def test_gaussian_fixed_scale_is_the_identity_covariance_model():
+    lik = pv.make_likelihood("gaussian", 4)
+    assert lik(torch.zeros(4)).base_dist.scale.tolist() == [1.0] * 4
+    assert list(lik.parameters()) == []
+    assert pv.make_likelihood("gaussian", 4, scale=0.5)(torch.zeros(4)).base_dist.scale[0] == 0.5
+
+
+def test_learned_scales_are_parameters_with_a_floor():
+    lik = pv.LearnedGaussianLikelihood(3, init_scale=2.0, min_scale=0.1)
+    torch.testing.assert_close(lik.scale(), torch.full((3,), 2.0))
+    with torch.no_grad():
+        lik.raw_scale.fill_(-1e4)
+    assert float(lik.scale().min().detach()) >= 0.1
+    with pytest.raises(ValueError, match="init_scale must exceed min_scale"):
+        pv.LearnedGaussianLikelihood(3, init_scale=0.05, min_scale=0.1)
+
+
+def test_bernoulli_rejects_grayscale_with_a_fix():
+    lik = pv.make_likelihood("bernoulli", 4)
+    with pytest.raises(
+        ValueError, match=r"binary data in \{0, 1\}.*Binarize.*continuous_bernoulli"
+    ):
+        lik.check(torch.tensor([[0.0, 0.5, 1.0, 1.0]]))
+    lik.check(torch.tensor([[0.0, 1.0, 1.0, 0.0]]))
+
+
+def test_continuous_bernoulli_rejects_data_outside_unit_interval():
+    lik = pv.make_likelihood("continuous_bernoulli", 2)
+    with pytest.raises(ValueError, match=r"in \[0, 1\].*max 1.5"):
+        lik.check(torch.tensor([[0.2, 1.5]]))
+
+
+@pytest.mark.parametrize("name", sorted(set(pv.LIKELIHOODS)))
+def test_shape_and_nan_checks(name):
+    lik = pv.make_likelihood(name, 4)
+    with pytest.raises(ValueError, match="expects x_dim=4"):
+        lik.check(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"shape \[N, x_dim\].*flatten"):
+        lik.check(torch.zeros(2, 2, 2))
+    with pytest.raises(ValueError, match="non-finite value.*NaN"):
+        lik.check(torch.tensor([[0.0, float("nan"), 1.0, 0.0]]))
+    with pytest.raises(TypeError, match="floating point"):
+        lik.check(torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_pyro_validation_still_catches_bypassed_checks():
+    vae = pv.VAE(4, 2, (8,))
+    with pytest.raises(ValueError, match="Expected value argument"):
+        pv.make_elbo("trace").differentiable_loss(vae.model, vae.guide, torch.full((3, 4), 0.5))
+
+
+def test_unknown_likelihood_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'.*bernoulli.*laplace"):
+        pv.make_likelihood("poisson", 3)
