@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from ._io import atomic_write_json
 
-__all__ = ["ModelConfig", "TrainConfig", "save_config", "load_config"]
+__all__ = ["ModelConfig", "TrainConfig", "lr_at_epoch", "save_config", "load_config"]
 
 C = TypeVar("C", bound="_JsonConfig")
 
@@ -86,6 +86,8 @@ class TrainConfig(_JsonConfig):
     device: str = "cpu"
     jit: bool = False
     progress: bool = True
+    #: ``None`` (constant lr) or ``"burda2015"``: lr * 10^(-i/7) for 3^i epochs, i = 0, 1, ...
+    lr_schedule: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -99,8 +101,21 @@ class TrainConfig(_JsonConfig):
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"TrainConfig.{name} is out of range: {getattr(self, name)!r}")
+        if self.lr_schedule not in (None, "burda2015"):
+            raise ValueError(f"lr_schedule must be None or 'burda2015', got {self.lr_schedule!r}")
         if self.binarize not in (None, "dynamic"):
             raise ValueError(f"binarize must be None or 'dynamic', got {self.binarize!r}")
+
+
+def lr_at_epoch(config: TrainConfig, epoch: int) -> float:
+    """The learning rate for a 1-based ``epoch`` under ``config.lr_schedule``."""
+    if config.lr_schedule is None:
+        return config.lr
+    i, end = 0, 1
+    while epoch > end:  # stage i covers 3^i epochs
+        i += 1
+        end += 3**i
+    return config.lr * 10 ** (-i / 7)
 
 
 def save_config(path: str | Path, model: ModelConfig, train: TrainConfig | None = None) -> Path:

@@ -28,7 +28,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import TrainConfig
+from .config import TrainConfig, lr_at_epoch
 from .estimators import make_elbo
 from .evaluate import evaluate
 from .likelihoods import check_data
@@ -44,9 +44,13 @@ class TrainingDiverged(FloatingPointError):
 
 @dataclass
 class TrainResult:
+    """``history``: one metrics dict per epoch; ``evaluation``: the full :func:`evaluate` dict of
+    the last epoch's test evaluation (None if the run evaluated nothing)."""
+
     history: list[dict]
     checkpoint: Path | None
     seconds: float
+    evaluation: dict | None = None
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -185,8 +189,11 @@ def train(
     step = _loss_fn(elbo)
     show = config.progress and sys.stderr.isatty()
     t_start = time.perf_counter()
+    stats = None
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at_epoch(config, epoch)
         vae.train()
         # The shuffle depends only on (seed, epoch), so a resumed run sees the same order.
         order = torch.randperm(
@@ -234,6 +241,8 @@ def train(
                 record["test_log_likelihood"] = stats["log_likelihood"]
                 record["test_log_likelihood_stderr"] = stats["log_likelihood_stderr"]
                 record["eval_samples"] = k
+                record["kl"] = stats["kl"]
+                record["active_units"] = stats["active_units"]
         history.append(record)
         if out is not None:
             save_checkpoint(
@@ -248,4 +257,4 @@ def train(
             _write_metrics(out, history)
         for cb in callbacks:
             cb(record)
-    return TrainResult(history, ckpt_path, time.perf_counter() - t_start)
+    return TrainResult(history, ckpt_path, time.perf_counter() - t_start, stats)

@@ -1,0 +1,216 @@
+"""The end-to-end run behind ``examples/mnist_svi.py``: data, model, training, honest evaluation,
+``results.json`` and figures. Examples only parse arguments and call :func:`run_experiment`."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ._io import atomic_write_json
+from .config import ModelConfig, TrainConfig
+from .data import ImageData, binarize_static, load_dataset
+from .evaluate import evaluate
+from .plots import (
+    plot_image_grid,
+    plot_latent_space,
+    plot_manifold,
+    plot_reconstructions,
+    plot_training_curves,
+)
+from .train import resolve_device, train
+from .vae import VAE
+
+__all__ = ["PRESETS", "RESULTS_NAME", "run_experiment", "prepare_data"]
+
+RESULTS_NAME = "results.json"
+
+#: Named setups from the literature: (model overrides, train overrides).
+PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    # Burda, Grosse & Salakhutdinov (2015), one stochastic layer: 784-200-200-50 tanh, dynamic
+    # binarization, batch 20, Adam (eps 1e-4) with lr 1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7
+    # (3280 epochs), 5000-sample test log-likelihood. Their table: VAE k=1 86.76 nats.
+    "burda2015": (
+        {"z_dim": 50, "hidden_dims": (200, 200), "activation": "tanh", "likelihood": "bernoulli"},
+        {
+            "batch_size": 20,
+            "lr": 1e-3,
+            "epochs": 3280,
+            "eval_samples": 5000,
+            "eval_every": 100,
+            "lr_schedule": "burda2015",
+        },
+    ),
+}
+
+
+def prepare_data(
+    data: ImageData, likelihood: str, *, test_seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, str | None, str]:
+    """Pick the data representation a likelihood is valid for.
+
+    Returns ``(train_x, test_x, binarize, kind)``: for ``bernoulli``, grayscale training pixels
+    with dynamic binarization and a test set binarized once with ``test_seed``; otherwise
+    grayscale in [0, 1] throughout (``kind`` says whether log-likelihoods are probabilities of
+    binary images or densities of grayscale ones, which do not compare).
+    """
+    if likelihood == "bernoulli":
+        return data.train_x, binarize_static(data.test_x, seed=test_seed), "dynamic", "binary"
+    return data.train_x, data.test_x, None, "grayscale density"
+
+
+def _figures(vae: VAE, data: ImageData, test_x: torch.Tensor, history, out: Path) -> list[str]:
+    shape = data.image_shape
+    names = []
+    plot_training_curves(
+        history,
+        out / "training_curves.png",
+        title=f"{data.name}: ELBO and log-likelihood per image",
+    )
+    names.append("training_curves.png")
+    torch.manual_seed(0)
+    plot_image_grid(
+        vae.sample(64).cpu(),
+        shape,
+        out / "samples.png",
+        title="Samples from the prior (likelihood mean)",
+    )
+    names.append("samples.png")
+    originals = test_x[:20]
+    plot_reconstructions(
+        originals.cpu(),
+        vae.reconstruct(originals).cpu(),
+        shape,
+        out / "reconstructions.png",
+        title="Test images and reconstructions",
+    )
+    names.append("reconstructions.png")
+    n = min(len(test_x), 5000)
+    z = vae.posterior_mean(test_x[:n]).cpu()
+    plot_latent_space(z, data.test_y[:n], out / "latent_space.png", class_names=data.class_names)
+    names.append("latent_space.png")
+    if vae.config.z_dim == 2:
+
+        def decode_mean(z2):
+            with torch.no_grad():
+                z2 = torch.as_tensor(z2, dtype=torch.float32, device=test_x.device)
+                return vae.decode(z2).mean.cpu()
+
+        plot_manifold(decode_mean, shape, out / "manifold.png")
+        names.append("manifold.png")
+    return names
+
+
+def run_experiment(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    dataset: str = "mnist",
+    data_dir: str | None = None,
+    out_dir: str | Path = "runs/mnist",
+    resume: bool = False,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    figures: bool = True,
+    log: Callable[[str], None] = print,
+    data: ImageData | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate a VAE on MNIST or Fashion-MNIST; write everything to ``out_dir``.
+
+    ``train_size``/``test_size`` take the first images of each split (smoke runs). ``data`` can
+    be passed instead of a dataset name. Returns the dict written to ``results.json``.
+    """
+    device = resolve_device(train_config.device)
+    out = Path(out_dir)
+    if data is None:
+        data = load_dataset(dataset, data_dir=data_dir)
+    log(f"data: {data.name} from {data.source}")
+    train_x, test_x, binarize, kind = prepare_data(
+        data, model_config.likelihood, test_seed=train_config.seed
+    )
+    train_x, test_x = train_x[:train_size], test_x[:test_size]
+    test_y = data.test_y[:test_size]
+    data = replace(data, test_x=test_x, test_y=test_y)
+    train_config = replace(train_config, binarize=binarize)
+    torch.manual_seed(train_config.seed)  # the initial weights depend on the seed alone
+    vae = VAE.from_config(model_config)
+    n_params = sum(p.numel() for p in vae.parameters())
+    log(
+        f"model: {n_params:,} parameters; training on {len(train_x):,} images, testing on "
+        f"{len(test_x):,}, device {device}"
+    )
+    result = train(
+        vae,
+        train_x,
+        test_x,
+        train_config,
+        out_dir=out,
+        resume=resume,
+        callbacks=[lambda r: log(_epoch_line(r))],
+    )
+    final = result.evaluation
+    if final is None or final["num_samples"] != train_config.eval_samples:
+        # e.g. a resumed run that had already finished, or eval_every=0
+        final = evaluate(vae, test_x.to(device), train_config.eval_samples, seed=train_config.seed)
+    train_seconds = sum(r["seconds"] for r in result.history)
+    results = {
+        "dataset": data.name,
+        "data_source": data.source,
+        "data_kind": kind,
+        "test_log_likelihood": final["log_likelihood"],
+        "test_log_likelihood_stderr": final["log_likelihood_stderr"],
+        "test_log_likelihood_mc_stderr": final["log_likelihood_mc_stderr"],
+        "test_elbo": final["elbo"],
+        "eval_samples": final["num_samples"],
+        "ess": final["ess"],
+        "kl": final["kl"],
+        "active_units": final["active_units"],
+        "epochs": len(result.history),
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / max(1, len(result.history)),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "num_parameters": n_params,
+        "train_size": len(train_x),
+        "test_size": len(test_x),
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
+        "torch": torch.__version__,
+    }
+    if figures:
+        vae.eval()
+        results["figures"] = _figures(vae, data, test_x.to(device), result.history, out)
+    atomic_write_json(out / RESULTS_NAME, results)
+    log(summary(results, out))
+    return results
+
+
+def _epoch_line(r: dict) -> str:
+    parts = [f"epoch {r['epoch']:>4}", f"train ELBO {r['train_elbo']:9.3f}"]
+    if "test_elbo" in r:
+        parts.append(f"test ELBO {r['test_elbo']:9.3f}")
+    if "test_log_likelihood" in r:
+        parts.append(f"test log p(x) {r['test_log_likelihood']:9.3f} (K={r['eval_samples']})")
+    parts.append(f"{r['seconds']:.1f} s")
+    return " | ".join(parts)
+
+
+def summary(results: dict, out: Path) -> str:
+    se = results["test_log_likelihood_stderr"]
+    lines = [
+        "",
+        f"== {results['dataset']} ({results['data_kind']}), {results['epochs']} epochs, "
+        f"{results['device']}, {results['train_seconds']:.0f} s training ==",
+        f"test log-likelihood  {results['test_log_likelihood']:.2f} +/- {1.96 * se:.2f} nats "
+        f"(K={results['eval_samples']} importance samples, 95% CI over images)",
+        f"test ELBO            {results['test_elbo']:.2f} nats",
+        f"KL(q(z|x) || p(z))   {results['kl']:.2f} nats, active units "
+        f"{results['active_units']}/{results['model']['z_dim']}",
+        f"written to           {out}/ ({RESULTS_NAME}, metrics.jsonl, checkpoint.pt, figures)",
+    ]
+    if not math.isfinite(results["test_log_likelihood"]):
+        lines.append("warning: the log-likelihood is not finite")
+    return "\n".join(lines)
