@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.util import ignore_jit_warnings
 from torch import nn
 
 from .config import ModelConfig
@@ -121,17 +122,21 @@ class VAE(nn.Module):
 
     # -- shapes -------------------------------------------------------------------------------
     def _check_x(self, x: torch.Tensor) -> int:
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.config.x_dim:
-            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(
-                f"VAE expects x of shape [batch, {self.config.x_dim}], got {shape}; "
-                f"flatten images with x.reshape(len(x), -1)"
-            )
-        return x.shape[0]
+        # Shapes are traced tensors under --jit; their comparison is static for a fixed batch.
+        with ignore_jit_warnings():
+            if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.config.x_dim:
+                shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise ValueError(
+                    f"VAE expects x of shape [batch, {self.config.x_dim}], got {shape}; "
+                    f"flatten images with x.reshape(len(x), -1)"
+                )
+            return x.shape[0]
 
     def _data_plate(self, x: torch.Tensor, num_data: int | None):
         batch = self._check_x(x)
-        if num_data is None or num_data == batch:
+        with ignore_jit_warnings():
+            full = num_data is None or bool(num_data == batch)
+        if full:
             return pyro.plate("data", batch, dim=-1)
         # Passing the subsample explicitly scales log densities by num_data / batch without
         # drawing a random permutation of num_data indices at every step.

@@ -1,0 +1,263 @@
+"""examples/mnist_svi.py end to end on a small budget; every flag; bad arguments."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import requires_cuda
+
+import pyro_vae as pv
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "mnist_svi.py"
+SMALL = [
+    "--epochs",
+    "1",
+    "--train-size",
+    "600",
+    "--test-size",
+    "100",
+    "--eval-samples",
+    "5",
+    "--no-progress",
+    "--batch-size",
+    "100",
+]
+
+
+def _load_example():
+    spec = importlib.util.spec_from_file_location("mnist_svi", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def example():
+    return _load_example()
+
+
+def _fake_data(name="mnist", n=600, m=100):
+    """Real-looking ImageData (random pixels) to test flag plumbing without the real files."""
+    g = torch.Generator().manual_seed(0)
+    return pv.ImageData(
+        name=name,
+        train_x=torch.rand(n, 784, generator=g),
+        train_y=torch.randint(0, 10, (n,), generator=g),
+        test_x=torch.rand(m, 784, generator=g),
+        test_y=torch.randint(0, 10, (m,), generator=g),
+        source="test fixture",
+    )
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    seen = {}
+
+    def load(name, data_dir=None, **kw):
+        seen.update(name=name, data_dir=data_dir)
+        return _fake_data(name)
+
+    monkeypatch.setattr("pyro_vae.experiment.load_dataset", load)
+    return seen
+
+
+@pytest.mark.slow
+def test_runs_end_to_end_as_a_script_on_real_mnist(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *SMALL, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "test log-likelihood" in proc.stdout
+    res = json.loads((out / "results.json").read_text())
+    for key in (
+        "test_log_likelihood",
+        "test_log_likelihood_stderr",
+        "test_elbo",
+        "eval_samples",
+        "kl",
+        "active_units",
+        "train_seconds",
+        "device",
+    ):
+        assert key in res, key
+    assert res["dataset"] == "mnist" and res["device"] == "cpu" and res["eval_samples"] == 5
+    assert -400 < res["test_log_likelihood"] < -50
+    assert res["test_log_likelihood"] >= res["test_elbo"] - 1.0
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "training_curves.png",
+        "samples.png",
+        "reconstructions.png",
+        "latent_space.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_help_documents_every_flag_with_its_default(example, capsys):
+    with pytest.raises(SystemExit) as e:
+        example.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--cuda",
+        "--dataset",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--z-dim",
+        "--hidden-dims",
+        "--prior",
+        "--likelihood",
+        "--guide",
+        "--elbo",
+        "--num-particles",
+        "--eval-samples",
+        "--eval-every",
+        "--seed",
+        "--out",
+        "--resume",
+        "--data-dir",
+        "--jit",
+        "--no-progress",
+        "--preset",
+    ):
+        assert flag in text, flag
+    assert text.count("(default:") >= 20
+
+
+def test_flags_reach_the_library(example, fake_data, tmp_path):
+    res = example.main(
+        [
+            *SMALL,
+            "--out",
+            str(tmp_path),
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(tmp_path),
+            "--z-dim",
+            "2",
+            "--hidden-dims",
+            "32,16",
+            "--prior",
+            "mixture",
+            "--num-components",
+            "3",
+            "--likelihood",
+            "continuous_bernoulli",
+            "--guide",
+            "iaf",
+            "--num-flows",
+            "1",
+            "--elbo",
+            "iwae",
+            "--num-particles",
+            "3",
+            "--lr",
+            "0.002",
+            "--seed",
+            "7",
+            "--eval-every",
+            "1",
+        ]
+    )
+    assert fake_data == {"name": "fashion-mnist", "data_dir": str(tmp_path)}
+    m, t = res["model"], res["train"]
+    assert (m["z_dim"], m["hidden_dims"], m["prior"], m["num_components"]) == (
+        2,
+        [32, 16],
+        "mixture",
+        3,
+    )
+    assert (m["likelihood"], m["guide"], m["num_flows"]) == ("continuous_bernoulli", "iaf", 1)
+    assert (t["elbo"], t["num_particles"], t["lr"], t["seed"]) == ("iwae", 3, 0.002, 7)
+    assert t["binarize"] is None and res["data_kind"] == "grayscale density"
+    assert (tmp_path / "manifold.png").exists()  # z_dim == 2
+
+
+def test_bernoulli_default_binarizes_dynamically(example, fake_data, tmp_path):
+    res = example.main([*SMALL, "--out", str(tmp_path)])
+    assert res["train"]["binarize"] == "dynamic" and res["data_kind"] == "binary"
+
+
+def test_resume_continues_the_run(example, fake_data, tmp_path):
+    example.main([*SMALL, "--out", str(tmp_path), "--no-figures"])
+    example.main([*SMALL, "--out", str(tmp_path), "--no-figures", "--resume", "--epochs", "2"])
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+# Pyro's JIT ELBOs call torch.jit.trace, which torch 2.13 deprecates: not ours to change.
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
+def test_jit_flag(example, fake_data, tmp_path):
+    res = example.main([*SMALL, "--out", str(tmp_path), "--no-figures", "--jit"])
+    assert res["train"]["jit"] is True
+
+
+def test_preset_sets_burda_and_explicit_flags_override_it(example, fake_data, tmp_path):
+    res = example.main(["--preset", "burda2015", *SMALL, "--out", str(tmp_path), "--no-figures"])
+    m, t = res["model"], res["train"]
+    assert (m["hidden_dims"], m["z_dim"], m["activation"]) == ([200, 200], 50, "tanh")
+    assert t["lr_schedule"] == "burda2015" and t["binarize"] == "dynamic"
+    assert t["epochs"] == 1 and t["eval_samples"] == 5 and t["batch_size"] == 100  # explicit
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--epochs", "0"], "--epochs: must be > 0"),
+        (["--hidden-dims", "abc"], "--hidden-dims takes integers"),
+        (["--prior", "gauss"], "invalid choice: 'gauss'"),
+        (["--elbo", "elbo2"], "invalid choice: 'elbo2'"),
+        (["--likelihood", "poisson"], "invalid choice: 'poisson'"),
+        (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+    ],
+)
+def test_bad_arguments_exit_with_a_clear_error(example, argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        example.main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(example, fake_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        example.main([*SMALL, "--out", str(tmp_path), "--cuda"])
+    assert e.value.code == 2
+    assert "CUDA was requested" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_missing_dataset_is_a_clear_error(example, tmp_path, capsys, monkeypatch):
+    def missing(name, **kw):
+        raise pv.DatasetNotFoundError(f"could not load {name}: tried data-dir, cache, download")
+
+    monkeypatch.setattr("pyro_vae.experiment.load_dataset", missing)
+    with pytest.raises(SystemExit) as e:
+        example.main([*SMALL, "--out", str(tmp_path)])
+    assert e.value.code == 2 and "could not load mnist" in capsys.readouterr().err
+
+
+@requires_cuda
+def test_cuda_run_agrees_with_cpu(example, fake_data, tmp_path):
+    res = example.main([*SMALL, "--out", str(tmp_path), "--cuda", "--eval-samples", "500"])
+    assert res["device"] != "cpu"
+    cpu = pv.evaluate(
+        pv.load_model(tmp_path), pv.binarize_static(_fake_data().test_x), num_samples=500
+    )
+    assert abs(cpu["log_likelihood"] - res["test_log_likelihood"]) < 1.0
