@@ -27,8 +27,6 @@ from matplotlib.ticker import MaxNLocator
 from pyro_vae._io import atomic_write
 
 __all__ = [
-    "FASHION_MNIST_CLASSES",
-    "MNIST_CLASSES",
     "pca_project",
     "plot_image_grid",
     "plot_latent_space",
@@ -38,20 +36,6 @@ __all__ = [
 ]
 
 DEFAULT_DPI = 150
-
-MNIST_CLASSES: tuple[str, ...] = tuple(str(i) for i in range(10))
-FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
 
 # Inches per displayed image in grids; 28 px at 150 dpi over 0.55 in is ~3 px per pixel.
 _CELL_INCHES = 0.55
@@ -456,7 +440,7 @@ def plot_latent_space(
     ``method``: ``"auto"`` plots 2-D codes directly, 1-D codes as a jittered strip per
     class and higher-dimensional codes by PCA; ``"pca"`` forces PCA (Dz >= 2);
     ``"direct"`` plots the first two coordinates. ``class_names`` maps label indices to
-    names (a sequence indexed by label, or a dict), e.g. :data:`FASHION_MNIST_CLASSES`.
+    names (a sequence indexed by label, or a dict), e.g. ``ImageData.class_names``.
     ``title=None`` gives a short default title; ``title=""`` gives none.
     """
     x = _to_numpy(z, "z")
