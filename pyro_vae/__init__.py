@@ -19,8 +19,19 @@ from .data import (
     load_dataset,
     read_idx,
 )
-from .estimators import ESTIMATORS, IWAE_ELBO, make_elbo
+from .estimators import (
+    ESTIMATORS,
+    IWAE_ELBO,
+    STL_ELBO,
+    DReG_ELBO,
+    Renyi_ELBO,
+    Score_ELBO,
+    TailAdaptive_ELBO,
+    make_elbo,
+    tail_adaptive_weights,
+)
 from .evaluate import LogLikelihood, active_units, evaluate, kl_to_prior, log_likelihood
+from .gradients import GradientSNR, default_param_groups, gradient_snr
 from .guides import GUIDES, Guide, IAFGuide, NormalGuide, make_guide
 from .importance import vectorized_log_weights
 from .likelihoods import (
@@ -85,6 +96,15 @@ __all__ = [
     # estimators and evaluation
     "ESTIMATORS",
     "IWAE_ELBO",
+    "STL_ELBO",
+    "DReG_ELBO",
+    "Renyi_ELBO",
+    "TailAdaptive_ELBO",
+    "Score_ELBO",
+    "tail_adaptive_weights",
+    "gradient_snr",
+    "GradientSNR",
+    "default_param_groups",
     "make_elbo",
     "vectorized_log_weights",
     "log_likelihood",

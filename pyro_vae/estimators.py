@@ -2,23 +2,227 @@
 
 ``make_elbo(name, num_particles, **options)`` returns a Pyro ``ELBO``: it works with ``SVI``, with
 ``elbo.differentiable_loss`` and with the module form ``elbo(model, guide)`` plus a torch optimizer.
+
+Notation, per datapoint n with K particles ``z_nk ~ q(z | x_n)``::
+
+    log w_nk = log p(x_n, z_nk) - log q(z_nk | x_n),     w~_nk = softmax_k(log w_nk)
+
+Pyro's estimators: ``trace``, ``meanfield``, ``tracegraph``. Ours, built on per-datapoint log
+weights ``[K, B]`` (the data plate's N/B subsampling scale always multiplies *outside* any
+log-sum-exp, so a minibatch loss is an unbiased estimate of the full-data objective):
+
+=================  ==========================  ==================================================
+name               loss value (per datapoint)  gradient estimator
+=================  ==========================  ==================================================
+``iwae``           IWAE bound                  reparameterized (Burda et al. 2015)
+``dreg``           IWAE bound                  doubly reparameterized (Tucker et al. 2019)
+``stl``            ELBO (mean over K)          path derivative, "sticking the landing"
+                                               (Roeder et al. 2017)
+``renyi``          Renyi bound VR-alpha        reparameterized (Li & Turner 2016)
+``tail_adaptive``  ELBO (mean over K)          rank-weighted, tail-adaptive f-divergence
+                                               (Wang et al. 2018)
+``score``          ELBO (mean over K)          score function (REINFORCE) with a baseline
+=================  ==========================  ==================================================
 """
 
 from __future__ import annotations
 
 import math
 
+import pyro
 import pyro.infer as infer
+import pyro.poutine as poutine
 import torch
+from pyro.distributions import TorchDistribution
 from pyro.infer import ELBO
+from pyro.poutine.messenger import Messenger
 
 from ._registry import lookup
-from .importance import is_scored_site, vectorized_log_weights
+from .importance import LogWeights, is_scored_site, site_log_prob, vectorized_log_weights
 
-__all__ = ["IWAE_ELBO", "ESTIMATORS", "make_elbo"]
+__all__ = [
+    "IWAE_ELBO",
+    "STL_ELBO",
+    "DReG_ELBO",
+    "Renyi_ELBO",
+    "TailAdaptive_ELBO",
+    "Score_ELBO",
+    "tail_adaptive_weights",
+    "ESTIMATORS",
+    "make_elbo",
+]
+
+# The same name as importance.py's particle plate, so traces from either look alike.
+_PARTICLE_PLATE = "_num_particles_vectorized"
 
 
-class IWAE_ELBO(ELBO):
+def _vectorize(fn, num_particles: int, dim: int):
+    def wrapped(*args, **kwargs):
+        with pyro.plate(_PARTICLE_PLATE, num_particles, dim=dim):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _is_latent(site: dict) -> bool:
+    return is_scored_site(site) and not site["is_observed"]
+
+
+def _check_rsample(estimator: str, site: dict) -> None:
+    if not site["fn"].has_rsample:
+        raise ValueError(
+            f"{estimator} needs a reparameterized guide, but site {site['name']!r} has no "
+            f"rsample; use 'score' or 'tracegraph' instead"
+        )
+
+
+def _data_scale(trace: poutine.Trace) -> float:
+    scales = {float(s["scale"]) for s in trace.nodes.values() if is_scored_site(s)}
+    if len(scales) > 1:
+        raise ValueError(
+            f"per-datapoint estimators need one subsampling scale for all sites, found "
+            f"{sorted(scales)}; keep every per-datapoint site in the same data plate"
+        )
+    return scales.pop() if scales else 1.0
+
+
+def _sum_log_probs(trace: poutine.Trace, num_dims: int, latent_only: bool):
+    total = 0.0
+    for site in trace.nodes.values():
+        if is_scored_site(site) and (_is_latent(site) or not latent_only):
+            total = total + site_log_prob(site, num_dims)
+    return total
+
+
+def _log_densities(model, guide, args, kwargs, num_particles: int, max_plate_nesting: int):
+    """Trace ``guide`` and ``model`` under the particle plate; return ``(log_p, log_q, scale)``.
+
+    ``log_p`` = log p(x, z) and ``log_q`` = log q(z | x), each ``[K, B]``, unscaled and kept
+    apart (unlike :func:`vectorized_log_weights`) because the path-derivative and score-function
+    estimators differentiate them differently.
+    """
+    num_dims = max_plate_nesting + 1
+    dim = -num_dims
+    guide_trace = poutine.trace(_vectorize(guide, num_particles, dim)).get_trace(*args, **kwargs)
+    replayed = poutine.replay(_vectorize(model, num_particles, dim), trace=guide_trace)
+    model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+    log_p = torch.as_tensor(_sum_log_probs(model_trace, num_dims, latent_only=False))
+    log_q = torch.as_tensor(_sum_log_probs(guide_trace, num_dims, latent_only=True))
+    if log_p.dim() == 0 and log_q.dim() == 0:
+        raise ValueError("the model and guide have no sample sites")
+    shape = (num_particles, torch.broadcast_shapes(log_p.shape, log_q.shape)[-1])
+    return log_p.expand(shape), log_q.expand(shape), _data_scale(model_trace)
+
+
+class _NoRsample(TorchDistribution):
+    """``base`` with ``has_rsample = False``: samples are drawn detached (no pathwise gradient).
+
+    Pyro's ``Distribution.has_rsample_(False)`` would do this in place, but ``Independent`` and
+    ``MaskedDistribution`` expose ``has_rsample`` as a read-only property, and the guide's
+    distribution object is not ours to mutate.
+    """
+
+    has_rsample = False
+
+    def __init__(self, base) -> None:
+        self.base_dist = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.base_dist.support
+
+    def expand(self, batch_shape, _instance=None):
+        return _NoRsample(self.base_dist.expand(batch_shape))
+
+    def sample(self, sample_shape=torch.Size()):
+        # A new tensor object, so that a flow's log_prob misses its (x, y) cache: the cache holds
+        # the log-determinant computed under sample()'s no_grad, which would silently drop the
+        # flow parameters' part of the score d log q.
+        return self.base_dist.sample(sample_shape).clone()
+
+    def log_prob(self, value):
+        return self.base_dist.log_prob(value)
+
+
+class _ScoreFunctionSites(Messenger):
+    """Make every latent sample site of the wrapped guide non-reparameterized."""
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["done"] or msg["is_observed"] or not is_scored_site(msg):
+            return
+        if msg["fn"].has_rsample:
+            msg["fn"] = _NoRsample(msg["fn"])
+
+
+class _PerDatapointELBO(ELBO):
+    """Shared plumbing: K particles in an outer plate (dim ``-max_plate_nesting - 1``) and a
+    per-datapoint objective ``bound(log_w [K, B]) -> [B]``; the loss is ``-scale * sum_n``.
+
+    Subclasses override :meth:`bound` and, for gradients other than the plain reparameterized
+    gradient of the bound, :meth:`differentiable_loss`. Like every Pyro ELBO the model and guide
+    take the same ``*args, **kwargs``; per-datapoint sites sit in a plate at dim -1.
+    """
+
+    _needs_rsample = True
+
+    def __init__(self, num_particles: int = 1, max_plate_nesting: int = 1) -> None:
+        if int(num_particles) < 1:
+            raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+        super().__init__(
+            num_particles=int(num_particles),
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=True,
+        )
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError(f"{type(self).__name__} builds its vectorized traces itself")
+
+    def bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        """The per-datapoint objective ``[B]`` from log weights ``[K, B]``."""
+        raise NotImplementedError
+
+    def log_weights(self, model, guide, *args, **kwargs) -> LogWeights:
+        """``log_w [K, B]`` from :func:`vectorized_log_weights`, guide sites checked."""
+        lw = vectorized_log_weights(
+            model,
+            guide,
+            *args,
+            num_samples=self.num_particles,
+            max_plate_nesting=self.max_plate_nesting,
+            **kwargs,
+        )
+        if self._needs_rsample:
+            for site in lw.guide_trace.nodes.values():
+                if _is_latent(site):
+                    _check_rsample(type(self).__name__, site)
+        return lw
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """``-scale * sum_n bound_n``, a scalar whose gradient is the estimator's."""
+        lw = self.log_weights(model, guide, *args, **kwargs)
+        return -lw.scale * self.bound(lw.log_w).sum()
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """The loss value only (no gradients): ``-scale * sum_n bound_n``."""
+        with torch.no_grad():
+            lw = self.log_weights(model, guide, *args, **kwargs)
+            return -lw.scale * self.bound(lw.log_w).sum().item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """Accumulate the estimator's gradient into ``.grad`` and return the loss value."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward(retain_graph=self.retain_graph)
+        return loss.detach().item()
+
+    @staticmethod
+    def _with_gradient(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+        # The value of `value`, the gradient of `surrogate`.
+        return value.detach() + (surrogate - surrogate.detach())
+
+
+class IWAE_ELBO(_PerDatapointELBO):
     """The importance-weighted bound of Burda et al. (2015), per datapoint::
 
         L_K = sum_n E[ log (1/K) sum_k p(x_n, z_nk) / q(z_nk | x_n) ],  z_nk ~ q(z | x_n)
@@ -29,76 +233,323 @@ class IWAE_ELBO(ELBO):
     """
 
     def __init__(self, num_particles: int = 5, max_plate_nesting: int = 1) -> None:
-        super().__init__(
-            num_particles=num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=True,
-        )
+        super().__init__(num_particles, max_plate_nesting)
 
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError(f"{type(self).__name__} builds its vectorized traces itself")
+    def bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        return log_w.logsumexp(0) - math.log(log_w.shape[0])
 
-    def log_weights(self, model, guide, *args, **kwargs):
-        lw = vectorized_log_weights(
-            model,
-            guide,
-            *args,
-            num_samples=self.num_particles,
-            max_plate_nesting=self.max_plate_nesting,
-            **kwargs,
-        )
-        for site in lw.guide_trace.nodes.values():
-            if is_scored_site(site) and not site["fn"].has_rsample:
-                raise ValueError(
-                    f"{type(self).__name__} needs a reparameterized guide, but site "
-                    f"{site['name']!r} has no rsample; use 'score' or 'tracegraph' instead"
-                )
-        return lw
+
+class Renyi_ELBO(_PerDatapointELBO):
+    """The Renyi (VR-alpha) bound of Li & Turner (2016), per datapoint::
+
+        L_alpha = 1/(1 - alpha) log (1/K) sum_k w_k^(1 - alpha)
+
+    On the same draws it falls as alpha rises: alpha = 0 is the IWAE bound, alpha in (0, 1) lies
+    between IWAE and the ELBO (alpha -> 1; use ``trace``), alpha < 0 above IWAE (no longer a lower
+    bound on log p(x) in general). The gradient is the reparameterized one,
+    ``sum_k v_k d log w_k`` with ``v = softmax_k((1 - alpha) log w_k)``. Pyro's ``RenyiELBO``
+    multiplies each log weight by the data plate's N/B *inside* the log-sum-exp (it sums Pyro's
+    scaled ``site["log_prob"]``); here the scale multiplies the bound.
+    """
+
+    def __init__(
+        self, num_particles: int = 2, max_plate_nesting: int = 1, alpha: float = 0.0
+    ) -> None:
+        alpha = float(alpha)
+        if alpha == 1.0:
+            raise ValueError(
+                "the Renyi bound with alpha = 1 is the ELBO, a 0/0 in this formula; use the "
+                "'trace' estimator (Trace_ELBO) for alpha = 1"
+            )
+        if not math.isfinite(alpha):
+            raise ValueError(f"alpha must be finite, got {alpha}")
+        super().__init__(num_particles, max_plate_nesting)
+        self.alpha = alpha
+
+    def bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        one_minus = 1.0 - self.alpha
+        return ((one_minus * log_w).logsumexp(0) - math.log(log_w.shape[0])) / one_minus
+
+
+def tail_adaptive_weights(
+    log_w: torch.Tensor, beta: float = -1.0, per_datapoint: bool = True
+) -> torch.Tensor:
+    """Normalized tail-adaptive weights ``gamma [K, B]`` (``[K, 1]`` if not ``per_datapoint``).
+
+    gamma_k ∝ F(w_k)^beta with F the empirical tail probability, F(w_k) = #{j: w_j >= w_k} / K:
+    with beta < 0 the largest weight gets the largest gamma (Wang et al. 2018, Algorithm 1).
+    ``log_w`` is ``[K, B]``; ranks are taken over K for each datapoint, or over the joint weight
+    sum_n log w_nk of the batch when ``per_datapoint=False``. Ties are broken arbitrarily.
+    """
+    log_w = log_w.detach()
+    if not per_datapoint:
+        log_w = log_w.sum(-1, keepdim=True)
+    # argsort of a descending argsort: rank 1 for the largest weight, K for the smallest.
+    order = torch.argsort(log_w, dim=0, descending=True)
+    rank = torch.argsort(order, dim=0).to(log_w.dtype) + 1.0
+    gamma = rank.pow(beta)
+    return gamma / gamma.sum(0, keepdim=True)
+
+
+class TailAdaptive_ELBO(_PerDatapointELBO):
+    """Tail-adaptive f-divergence (Wang, Liu & Liu 2018) with ranks per datapoint.
+
+    Gradient: ``-scale * sum_n sum_k gamma_nk d log w_nk`` with :func:`tail_adaptive_weights`
+    (reparameterized z). The loss *value* is the negative ELBO (mean of log w over K): the
+    f-divergence itself is not estimated, so this is a monitor, not the objective.
+
+    Why not Pyro's ``TraceTailAdaptive_ELBO``: its ``loss()`` raises; it ranks the joint weight
+    of the whole batch, so one datapoint's tail sets every datapoint's weights; and its ranks are
+    mis-assigned (it uses ``argsort + 1`` as ranks, pyro issue 3170, open for pyro 1.9).
+    ``per_datapoint=False`` gives the batch-joint ranking Pyro intends, with correct ranks.
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 2,
+        max_plate_nesting: int = 1,
+        tail_adaptive_beta: float = -1.0,
+        per_datapoint: bool = True,
+    ) -> None:
+        if int(num_particles) < 2:
+            raise ValueError(
+                f"tail_adaptive ranks K >= 2 particles, got num_particles={num_particles}; with "
+                f"K = 1 it is the plain ELBO ('trace')"
+            )
+        super().__init__(num_particles, max_plate_nesting)
+        self.tail_adaptive_beta = float(tail_adaptive_beta)
+        self.per_datapoint = bool(per_datapoint)
+
+    def bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        return log_w.mean(0)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         lw = self.log_weights(model, guide, *args, **kwargs)
-        bound = lw.log_w.logsumexp(0) - math.log(self.num_particles)
-        return -lw.scale * bound.sum()
+        gamma = tail_adaptive_weights(lw.log_w, self.tail_adaptive_beta, self.per_datapoint)
+        surrogate = (gamma * lw.log_w).sum()
+        return -lw.scale * self._with_gradient(self.bound(lw.log_w).sum(), surrogate)
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
 
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return loss.item()
+class _PathwiseELBO(_PerDatapointELBO):
+    """Path-derivative estimators: the direct (score) derivative of log q is dropped.
+
+    With ``g_k = d log w_k / d z_k`` at fixed parameters, the surrogate's gradient is::
+
+        sum_k a_k d_theta log p(x, z_k) |_(z fixed)   +   sum_k c_k g_k . dz_k/d(params)
+
+    with coefficients ``(a, c)`` from :meth:`coefficients`. ``g_k`` is taken by autograd at
+    detached copies of z (leaves) with the guide *replayed* there, so ``log q(z | x)`` is a
+    function of z whatever the guide's distribution is (for flows this runs the inverse
+    transform, which for an IAF is sequential over z_dim); its parameter dependence never enters
+    the surrogate, which is exactly "log q with detached parameters".
+    """
+
+    def coefficients(self, log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, c)``, each ``[K, B]``, from detached log weights ``[K, B]``."""
+        raise NotImplementedError
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        num_dims = self.max_plate_nesting + 1
+        sampled = poutine.trace(_vectorize(guide, self.num_particles, -num_dims)).get_trace(
+            *args, **kwargs
+        )
+        paths, leaves = [], []
+        leaf_trace = poutine.Trace()
+        for name, site in sampled.nodes.items():
+            if not _is_latent(site):
+                continue
+            _check_rsample(type(self).__name__, site)
+            leaf = site["value"].detach().requires_grad_()
+            paths.append(site["value"])
+            leaves.append(leaf)
+            leaf_trace.add_node(
+                name, type="sample", is_observed=False, value=leaf, infer=site["infer"]
+            )
+        log_p, log_q, scale = _log_densities(
+            model,
+            poutine.replay(guide, trace=leaf_trace),
+            args,
+            kwargs,
+            self.num_particles,
+            self.max_plate_nesting,
+        )
+        log_w = log_p - log_q
+        direct, path = self.coefficients(log_w.detach())
+        surrogate = (direct * log_p).sum()
+        if leaves:
+            # retain_graph: log_p's graph is shared with log_w and is differentiated again,
+            # through the surrogate, by the caller's backward.
+            grads = torch.autograd.grad(
+                (path * log_w).sum(), leaves, retain_graph=True, allow_unused=True
+            )
+            for z, g in zip(paths, grads, strict=True):
+                if g is not None and z.requires_grad:
+                    surrogate = surrogate + (g * z).sum()
+        return -scale * self._with_gradient(self.bound(log_w.detach()).sum(), surrogate)
+
+
+class STL_ELBO(_PathwiseELBO):
+    """Sticking the landing (STL, Roeder, Wu & Duvenaud 2017): the ELBO with K particles
+    averaged, and the path-derivative gradient (log q evaluated with the guide's parameters
+    detached, z still differentiable).
+
+    Unbiased like ``Trace_ELBO``; the model's gradient is Trace_ELBO's draw for draw, and the
+    guide's gradient is exactly 0 for every draw when q(z | x) = p(z | x).
+    """
+
+    def bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        return log_w.mean(0)
+
+    def coefficients(self, log_w):
+        k = torch.full_like(log_w, 1.0 / log_w.shape[0])
+        return k, k
+
+
+class DReG_ELBO(_PathwiseELBO):
+    """The IWAE bound with the doubly reparameterized gradient (Tucker et al. 2019)::
+
+        model params:  sum_k w~_k   d_theta log p(x, z_k)          (the IWAE gradient)
+        guide params:  sum_k w~_k^2 d log w_k / dz_k . dz_k/d phi   (DReG)
+
+    Parameters shared by model and guide (e.g. a VampPrior's encoder) get both terms, which is
+    the DReG identity applied to each parameter's occurrence. Unbiased for the IWAE gradient;
+    its guide gradient's signal-to-noise ratio does not vanish as K grows (it does for IWAE).
+    """
+
+    def bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        return log_w.logsumexp(0) - math.log(log_w.shape[0])
+
+    def coefficients(self, log_w):
+        w = torch.softmax(log_w, dim=0)
+        return w, w * w
+
+
+class Score_ELBO(_PerDatapointELBO):
+    """The ELBO with the score-function (REINFORCE) gradient: z is not reparameterized.
+
+    Per datapoint, with f_k = log w_k and a baseline b_k independent of z_k::
+
+        grad = mean_k [ d log p(x, z_k)|_(z fixed) + (f_k - b_k) d log q(z_k | x) ]
+
+    (the direct derivative of -log q has zero mean and is dropped, as in ``TraceGraph_ELBO``).
+    Baselines: ``"leave_one_out"`` b_k = mean_{j != k} f_j (needs K >= 2); ``"decaying_average"``
+    a running mean of f over past steps (rate ``baseline_beta``, state kept on this object);
+    ``"none"``; ``"auto"`` = leave-one-out for K >= 2, decaying average for K = 1.
+
+    Why not ``TraceGraph_ELBO`` with ``use_decaying_avg_baseline``: its average is a param-store
+    tensor shaped like the batch, i.e. one baseline per *batch position* (meaningless across
+    minibatches), and it fails on a smaller last minibatch.
+    """
+
+    _needs_rsample = False
+    _BASELINES = ("auto", "leave_one_out", "decaying_average", "none")
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        max_plate_nesting: int = 1,
+        baseline: str = "auto",
+        baseline_beta: float = 0.9,
+    ) -> None:
+        super().__init__(num_particles, max_plate_nesting)
+        if baseline not in self._BASELINES:
+            raise ValueError(f"baseline must be one of {self._BASELINES}, got {baseline!r}")
+        if baseline == "auto":
+            baseline = "leave_one_out" if self.num_particles > 1 else "decaying_average"
+        if baseline == "leave_one_out" and self.num_particles < 2:
+            raise ValueError("baseline='leave_one_out' needs num_particles >= 2")
+        if not 0.0 <= baseline_beta < 1.0:
+            raise ValueError(f"baseline_beta must be in [0, 1), got {baseline_beta}")
+        self.baseline, self.baseline_beta = baseline, float(baseline_beta)
+        self._average: torch.Tensor | None = None
+
+    def bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        return log_w.mean(0)
+
+    def log_weights(self, model, guide, *args, **kwargs) -> LogWeights:
+        return super().log_weights(model, _ScoreFunctionSites()(guide), *args, **kwargs)
+
+    def _baseline(self, f: torch.Tensor) -> torch.Tensor | float:
+        k = f.shape[0]
+        if self.baseline == "leave_one_out":
+            return (f.sum(0, keepdim=True) - f) / (k - 1)
+        if self.baseline == "decaying_average":
+            # The average of *past* steps only, so the baseline is independent of these draws.
+            old = 0.0 if self._average is None else self._average.to(f.device)
+            new = (
+                f.mean()
+                if self._average is None
+                else old + (1 - self.baseline_beta) * (f.mean() - old)
+            )
+            self._average = new.detach()
+            return old
+        return 0.0
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        log_p, log_q, scale = _log_densities(
+            model,
+            _ScoreFunctionSites()(guide),
+            args,
+            kwargs,
+            self.num_particles,
+            self.max_plate_nesting,
+        )
+        f = (log_p - log_q).detach()
+        advantage = f - self._baseline(f)
+        surrogate = (log_p + advantage * log_q).mean(0).sum()
+        return -scale * self._with_gradient(self.bound(f).sum(), surrogate)
 
 
 def _trace(num_particles, max_plate_nesting, jit, **options):
     cls = infer.JitTrace_ELBO if jit else infer.Trace_ELBO
-    return cls(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-               vectorize_particles=num_particles > 1, **options)
+    return cls(
+        num_particles=num_particles,
+        max_plate_nesting=max_plate_nesting,
+        vectorize_particles=num_particles > 1,
+        **options,
+    )
 
 
 def _meanfield(num_particles, max_plate_nesting, jit, **options):
     cls = infer.JitTraceMeanField_ELBO if jit else infer.TraceMeanField_ELBO
-    return cls(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-               vectorize_particles=num_particles > 1, **options)
+    return cls(
+        num_particles=num_particles,
+        max_plate_nesting=max_plate_nesting,
+        vectorize_particles=num_particles > 1,
+        **options,
+    )
 
 
 def _tracegraph(num_particles, max_plate_nesting, jit, **options):
     cls = infer.JitTraceGraph_ELBO if jit else infer.TraceGraph_ELBO
-    return cls(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-               vectorize_particles=num_particles > 1, **options)
+    return cls(
+        num_particles=num_particles,
+        max_plate_nesting=max_plate_nesting,
+        vectorize_particles=num_particles > 1,
+        **options,
+    )
 
 
-def _iwae(num_particles, max_plate_nesting, jit, **options):
-    if jit:
-        raise ValueError("'iwae' has no JIT variant; drop jit=True (--jit)")
-    return IWAE_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting, **options)
+def _ours(name: str, cls):
+    def factory(num_particles, max_plate_nesting, jit, **options):
+        if jit:
+            raise ValueError(f"{name!r} has no JIT variant (Pyro has none); drop jit=True (--jit)")
+        return cls(num_particles=num_particles, max_plate_nesting=max_plate_nesting, **options)
+
+    factory.__doc__ = cls.__doc__
+    return factory
 
 
 ESTIMATORS = {
     "trace": _trace,
     "meanfield": _meanfield,
     "tracegraph": _tracegraph,
-    "iwae": _iwae,
+    "iwae": _ours("iwae", IWAE_ELBO),
+    "stl": _ours("stl", STL_ELBO),
+    "dreg": _ours("dreg", DReG_ELBO),
+    "renyi": _ours("renyi", Renyi_ELBO),
+    "tail_adaptive": _ours("tail_adaptive", TailAdaptive_ELBO),
+    "score": _ours("score", Score_ELBO),
 }
 
 
@@ -108,11 +559,15 @@ def make_elbo(
     """Build an ELBO estimator by name.
 
     Args:
-        name: one of :data:`ESTIMATORS` (``trace``, ``meanfield``, ``tracegraph``, ``iwae``, ...).
-        num_particles: Monte Carlo samples per datapoint (K for ``iwae``).
-        jit: use Pyro's JIT-compiled variant where it has one.
+        name: one of :data:`ESTIMATORS`: ``trace``, ``meanfield``, ``tracegraph`` (Pyro's),
+            ``iwae``, ``stl``, ``dreg``, ``renyi``, ``tail_adaptive``, ``score`` (this module).
+        num_particles: Monte Carlo samples per datapoint (K for the importance-weighted ones).
+        jit: use Pyro's JIT-compiled variant; only ``trace``, ``meanfield``, ``tracegraph``
+            have one.
         max_plate_nesting: plates in the model (1: the data plate).
-        options: passed to the estimator.
+        options: passed to the estimator, e.g. ``alpha`` (``renyi``), ``tail_adaptive_beta`` and
+            ``per_datapoint`` (``tail_adaptive``), ``baseline`` and ``baseline_beta``
+            (``score``).
     """
     if int(num_particles) < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
