@@ -4,6 +4,11 @@
     python examples/mnist_svi.py --cuda          # the same on a GPU
     python examples/mnist_svi.py --preset burda2015 --cuda   # Burda et al. (2015)'s VAE setup
 
+Data-parallel on N processes (--batch-size is per process; rank 0 prints and writes files):
+
+    torchrun --standalone --nproc_per_node=2 examples/mnist_svi.py --distributed          # CPUs
+    torchrun --standalone --nproc_per_node=8 examples/mnist_svi.py --distributed --cuda   # GPUs
+
 Writes config.json, metrics.jsonl, checkpoint.pt, results.json and PNG figures to --out.
 """
 
@@ -13,6 +18,12 @@ import argparse
 import sys
 
 import pyro_vae as pv
+from pyro_vae.distributed import (
+    DEFAULT_TIMEOUT,
+    DistributedError,
+    init_distributed,
+    shutdown_distributed,
+)
 from pyro_vae.experiment import PRESETS, run_experiment
 
 
@@ -43,6 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--cuda", action="store_true", help="train and evaluate on the GPU")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training on the processes torchrun starts (gloo on CPU, NCCL with "
+        "--cuda, one GPU per process); --batch-size is per process",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=_positive(float),
+        default=DEFAULT_TIMEOUT,
+        help="seconds a process waits for the others in a collective before it fails "
+        "(--distributed)",
+    )
+    p.add_argument(
+        "--dist-backend",
+        choices=["gloo", "nccl"],
+        default=None,
+        help="torch.distributed backend (default: nccl with --cuda, else gloo)",
+    )
     p.add_argument("--dataset", choices=pv.DATASETS, default="mnist", help="data set")
     p.add_argument(
         "--data-dir",
@@ -162,6 +192,15 @@ def main(argv: list[str] | None = None) -> dict:
         preset_model, preset_train = PRESETS[args.preset]
         model_kw.update({k: v for k, v in preset_model.items() if k not in explicit})
         train_kw.update({k: v for k, v in preset_train.items() if k not in explicit})
+    where = ""
+    if args.distributed:
+        try:
+            ctx = init_distributed(
+                "cuda" if args.cuda else "cpu", backend=args.dist_backend, timeout=args.dist_timeout
+            )
+        except (DistributedError, ValueError, RuntimeError) as e:
+            parser.exit(2, f"error: {e}\n")
+        where = f" (rank {ctx.rank} of {ctx.world_size})"
     try:
         return run_experiment(
             pv.ModelConfig(x_dim=784, **model_kw),
@@ -173,9 +212,13 @@ def main(argv: list[str] | None = None) -> dict:
             train_size=args.train_size,
             test_size=args.test_size,
             figures=not args.no_figures,
+            distributed=args.distributed,
         )
     except (ValueError, RuntimeError, FileNotFoundError, pv.CheckpointError) as e:
-        parser.exit(2, f"error: {e}\n")
+        parser.exit(2, f"error{where}: {e}\n")
+    finally:
+        if args.distributed:
+            shutdown_distributed()
 
 
 if __name__ == "__main__":

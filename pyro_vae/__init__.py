@@ -19,6 +19,14 @@ from .data import (
     load_dataset,
     read_idx,
 )
+from .distributed import (
+    DistributedContext,
+    DistributedError,
+    ELBOLoss,
+    evaluate_distributed,
+    init_distributed,
+    shutdown_distributed,
+)
 from .estimators import (
     ESTIMATORS,
     IWAE_ELBO,
@@ -112,6 +120,13 @@ __all__ = [
     "evaluate",
     "kl_to_prior",
     "active_units",
+    # several processes
+    "DistributedContext",
+    "DistributedError",
+    "ELBOLoss",
+    "evaluate_distributed",
+    "init_distributed",
+    "shutdown_distributed",
     # training, config, checkpoints
     "ModelConfig",
     "TrainConfig",

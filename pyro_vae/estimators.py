@@ -500,34 +500,23 @@ class Score_ELBO(_PerDatapointELBO):
         return -scale * self._with_gradient(self.bound(f).sum(), surrogate)
 
 
-def _trace(num_particles, max_plate_nesting, jit, **options):
-    cls = infer.JitTrace_ELBO if jit else infer.Trace_ELBO
-    return cls(
-        num_particles=num_particles,
-        max_plate_nesting=max_plate_nesting,
-        vectorize_particles=num_particles > 1,
-        **options,
-    )
+def _pyro(cls, jit_cls):
+    """A factory for one of Pyro's own ELBOs and its JIT-compiled variant."""
 
+    def factory(num_particles, max_plate_nesting, jit, **options):
+        if jit:
+            # torch's own shape checks (e.g. in binary_cross_entropy_with_logits) emit
+            # TracerWarnings while tracing; they are static for a fixed batch shape.
+            options.setdefault("ignore_jit_warnings", True)
+        return (jit_cls if jit else cls)(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=num_particles > 1,
+            **options,
+        )
 
-def _meanfield(num_particles, max_plate_nesting, jit, **options):
-    cls = infer.JitTraceMeanField_ELBO if jit else infer.TraceMeanField_ELBO
-    return cls(
-        num_particles=num_particles,
-        max_plate_nesting=max_plate_nesting,
-        vectorize_particles=num_particles > 1,
-        **options,
-    )
-
-
-def _tracegraph(num_particles, max_plate_nesting, jit, **options):
-    cls = infer.JitTraceGraph_ELBO if jit else infer.TraceGraph_ELBO
-    return cls(
-        num_particles=num_particles,
-        max_plate_nesting=max_plate_nesting,
-        vectorize_particles=num_particles > 1,
-        **options,
-    )
+    factory.__doc__ = cls.__doc__
+    return factory
 
 
 def _ours(name: str, cls):
@@ -541,9 +530,9 @@ def _ours(name: str, cls):
 
 
 ESTIMATORS = {
-    "trace": _trace,
-    "meanfield": _meanfield,
-    "tracegraph": _tracegraph,
+    "trace": _pyro(infer.Trace_ELBO, infer.JitTrace_ELBO),
+    "meanfield": _pyro(infer.TraceMeanField_ELBO, infer.JitTraceMeanField_ELBO),
+    "tracegraph": _pyro(infer.TraceGraph_ELBO, infer.JitTraceGraph_ELBO),
     "iwae": _ours("iwae", IWAE_ELBO),
     "stl": _ours("stl", STL_ELBO),
     "dreg": _ours("dreg", DReG_ELBO),

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from ._io import atomic_write_json
 from .config import ModelConfig, TrainConfig
 from .data import ImageData, binarize_static, load_dataset
+from .distributed import evaluate_distributed, get_context
 from .evaluate import evaluate
 from .plots import (
     plot_image_grid,
@@ -118,16 +120,37 @@ def run_experiment(
     figures: bool = True,
     log: Callable[[str], None] = print,
     data: ImageData | None = None,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate a VAE on MNIST or Fashion-MNIST; write everything to ``out_dir``.
 
     ``train_size``/``test_size`` take the first images of each split (smoke runs). ``data`` can
     be passed instead of a dataset name. Returns the dict written to ``results.json``.
+
+    ``distributed=True``: every process of the initialized ``torch.distributed`` group calls this
+    with the same arguments (see :mod:`pyro_vae.distributed`); they train one model together
+    (``train_config.batch_size`` per process) and shard the test evaluation; only rank 0 logs and
+    writes ``out_dir``. Every rank returns the same results (rank 0's also list the figures).
     """
+    ctx = get_context() if distributed else None
+    main = ctx is None or ctx.is_main
+    world = 1 if ctx is None else ctx.world_size
+    if not main:
+
+        def log(message: str) -> None:
+            pass
+
     device = resolve_device(train_config.device)
+    if ctx is not None and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK
     out = Path(out_dir)
     if data is None:
+        # One process per node fills the cache (or downloads) before the others read it.
+        if ctx is not None and ctx.local_rank != 0:
+            dist.barrier()
         data = load_dataset(dataset, data_dir=data_dir)
+        if ctx is not None and ctx.local_rank == 0:
+            dist.barrier()
     log(f"data: {data.name} from {data.source}")
     train_x, test_x, binarize, kind = prepare_data(
         data, model_config.likelihood, test_seed=train_config.seed
@@ -139,9 +162,10 @@ def run_experiment(
     torch.manual_seed(train_config.seed)  # the initial weights depend on the seed alone
     vae = VAE.from_config(model_config)
     n_params = sum(p.numel() for p in vae.parameters())
+    procs = "" if ctx is None else f" x {world} processes (batch {train_config.batch_size} each)"
     log(
         f"model: {n_params:,} parameters; training on {len(train_x):,} images, testing on "
-        f"{len(test_x):,}, device {device}"
+        f"{len(test_x):,}, device {device}{procs}"
     )
     result = train(
         vae,
@@ -151,11 +175,13 @@ def run_experiment(
         out_dir=out,
         resume=resume,
         callbacks=[lambda r: log(_epoch_line(r))],
+        distributed=distributed,
     )
     final = result.evaluation
     if final is None or final["num_samples"] != train_config.eval_samples:
         # e.g. a resumed run that had already finished, or eval_every=0
-        final = evaluate(vae, test_x.to(device), train_config.eval_samples, seed=train_config.seed)
+        ev = evaluate if ctx is None else evaluate_distributed
+        final = ev(vae, test_x.to(device), train_config.eval_samples, seed=train_config.seed)
     train_seconds = sum(r["seconds"] for r in result.history)
     results = {
         "dataset": data.name,
@@ -174,12 +200,15 @@ def run_experiment(
         "seconds_per_epoch": train_seconds / max(1, len(result.history)),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "num_parameters": n_params,
+        "world_size": world,
         "train_size": len(train_x),
         "test_size": len(test_x),
         "model": model_config.to_dict(),
         "train": train_config.to_dict(),
         "torch": torch.__version__,
     }
+    if not main:
+        return results
     if figures:
         vae.eval()
         results["figures"] = _figures(vae, data, test_x.to(device), result.history, out)
@@ -200,10 +229,12 @@ def _epoch_line(r: dict) -> str:
 
 def summary(results: dict, out: Path) -> str:
     se = results["test_log_likelihood_stderr"]
+    world = results.get("world_size", 1)
+    procs = f" x {world} processes" if world > 1 else ""
     lines = [
         "",
         f"== {results['dataset']} ({results['data_kind']}), {results['epochs']} epochs, "
-        f"{results['device']}, {results['train_seconds']:.0f} s training ==",
+        f"{results['device']}{procs}, {results['train_seconds']:.0f} s training ==",
         f"test log-likelihood  {results['test_log_likelihood']:.2f} +/- {1.96 * se:.2f} nats "
         f"(K={results['eval_samples']} importance samples, 95% CI over images)",
         f"test ELBO            {results['test_elbo']:.2f} nats",
