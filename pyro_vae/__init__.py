@@ -5,6 +5,13 @@ ELBO estimators side by side.
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from .compare import (
+    CompareConfig,
+    ComparisonResult,
+    EstimatorSpec,
+    compare_estimators,
+    parse_estimators,
+)
 from .config import ModelConfig, TrainConfig, load_config, save_config
 from .data import (
     DATASETS,
@@ -57,8 +64,10 @@ from .plots import (
     pca_project,
     plot_image_grid,
     plot_latent_space,
+    plot_log_likelihood_curves,
     plot_manifold,
     plot_reconstructions,
+    plot_snr_vs_k,
     plot_training_curves,
 )
 from .priors import (
@@ -159,5 +168,13 @@ __all__ = [
     "plot_latent_space",
     "plot_manifold",
     "pca_project",
+    "plot_log_likelihood_curves",
+    "plot_snr_vs_k",
+    # estimator comparisons
+    "compare_estimators",
+    "CompareConfig",
+    "ComparisonResult",
+    "EstimatorSpec",
+    "parse_estimators",
     "__version__",
 ]

@@ -654,3 +654,222 @@ def plot_manifold(
     if title:
         ax.set_title(title)
     return _save(fig, path, dpi)
+
+
+# ----------------------------------------------------------------- estimator comparisons
+
+
+def _seed_curves(
+    runs: Sequence[Sequence[Mapping[str, Any]]], key: str, label: str
+) -> dict[float, list[float]]:
+    """``{epoch: [value per run that has one]}`` over the histories ``runs`` of one series."""
+    if isinstance(runs, Mapping) or not isinstance(runs, Sequence):
+        raise TypeError(f"curves[{label!r}] must be a list of histories (one per seed)")
+    at: dict[float, list[float]] = {}
+    for history in runs:
+        if isinstance(history, Mapping) or not isinstance(history, Sequence):
+            raise TypeError(f"curves[{label!r}] must hold histories (lists of per-epoch dicts)")
+        for i, record in enumerate(history):
+            if not isinstance(record, Mapping):
+                raise TypeError(f"curves[{label!r}] has a record that is not a dict: {record!r}")
+            epoch = _finite_float(record.get("epoch", i + 1))
+            value = _finite_float(record.get(key))
+            if epoch is not None and value is not None:
+                at.setdefault(epoch, []).append(value)
+    return at
+
+
+def plot_log_likelihood_curves(
+    curves: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+    path: str | os.PathLike,
+    *,
+    key: str = "test_log_likelihood",
+    title: str | None = "Test log-likelihood during training (mean ± 1 s.d. over seeds)",
+    ylabel: str = "test log-likelihood (nats per image)",
+    dpi: int = DEFAULT_DPI,
+) -> Path:
+    """One line per series (e.g. per estimator): the mean over seeds of ``key`` against the
+    epoch, with a band of ± 1 sample standard deviation where two or more seeds have a value.
+
+    ``curves`` maps a series label to its runs, one history per seed; a history is a list of
+    per-epoch dicts as :func:`~pyro_vae.train` records them (``epoch``, ``key``). Epochs where a
+    run has no finite value are skipped for that run, so the mean at an epoch is over the seeds
+    that were evaluated there (runs of unequal length under a time budget).
+    """
+    if not isinstance(curves, Mapping) or not curves:
+        raise ValueError("curves must be a non-empty dict {label: [history per seed]}")
+    fig = _new_figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    markers = "osD^vP*X<>"
+    drawn = 0
+    all_x: set[float] = set()
+    for i, (label, runs) in enumerate(curves.items()):
+        at = _seed_curves(runs, key, str(label))
+        if not at:
+            continue
+        xs = np.array(sorted(at))
+        stats = [(np.mean(at[x]), np.std(at[x], ddof=1) if len(at[x]) > 1 else np.nan) for x in xs]
+        mean = np.array([m for m, _ in stats])
+        std = np.array([s for _, s in stats])
+        color = f"C{i % 10}"
+        n_seeds = len(runs)
+        ax.plot(
+            xs,
+            mean,
+            color=color,
+            marker=markers[i % len(markers)],
+            markersize=4.5,
+            lw=1.6,
+            label=f"{label}, {n_seeds} seed{'s' if n_seeds != 1 else ''}",
+        )
+        has_band = np.isfinite(std)
+        if has_band.any():
+            ax.fill_between(
+                xs,
+                np.where(has_band, mean - std, mean),
+                np.where(has_band, mean + std, mean),
+                color=color,
+                alpha=0.15,
+                linewidth=0,
+            )
+        all_x.update(xs.tolist())
+        drawn += 1
+    if not drawn:
+        raise ValueError(f"no run in curves has a finite {key!r} value")
+    if len(all_x) == 1:
+        (x0,) = all_x
+        ax.set_xlim(x0 - 1, x0 + 1)
+        ax.set_xticks([x0])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3, linewidth=0.6)
+    ax.legend(loc="lower right", frameon=True, framealpha=0.9, fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path, dpi)
+
+
+def _plain_log_labels(axis: Any, lo: float, hi: float) -> None:
+    """Label a log axis with plain numbers (0.5, 2, 50) instead of 5 x 10^-1; over less than
+    about 1.5 decades the 2x and 5x minor ticks get labels too."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    def plain(value: float, _pos: Any = None) -> str:
+        return f"{value:g}"
+
+    def two_and_five(value: float, _pos: Any = None) -> str:
+        if value <= 0:
+            return ""
+        mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+        return f"{value:g}" if round(mantissa, 6) in (2.0, 5.0) else ""
+
+    axis.set_major_formatter(FuncFormatter(plain))
+    few_decades = lo > 0 and hi / lo < 30
+    axis.set_minor_formatter(FuncFormatter(two_and_five) if few_decades else NullFormatter())
+
+
+_SNR_GROUP_TITLES = {
+    "inference": "inference network (encoder)",
+    "generative": "generative network (decoder)",
+}
+
+
+def plot_snr_vs_k(
+    snr: Mapping[str, Mapping[int, Mapping[str, float]]],
+    path: str | os.PathLike,
+    *,
+    groups: Sequence[str] = ("inference", "generative"),
+    title: str | None = "Gradient signal-to-noise ratio against the number of particles K",
+    reference_slopes: bool = True,
+    dpi: int = DEFAULT_DPI,
+) -> Path:
+    """One panel per parameter group, SNR against K on log-log axes, one line per estimator.
+
+    ``snr`` maps an estimator label to ``{K: {group: SNR}}`` (e.g. the ``mean_snr`` of
+    :func:`~pyro_vae.gradient_snr` at each K). Non-finite and non-positive SNRs are skipped.
+    With ``reference_slopes`` each panel gets faint dotted guides proportional to ``sqrt(K)`` and
+    ``1/sqrt(K)`` through the first line's first point: Rainforth et al. (2018) show the IWAE
+    gradient's inference-network SNR falls like ``1/sqrt(K)`` while its generative-network SNR
+    rises like ``sqrt(K)``.
+    """
+    if not isinstance(snr, Mapping) or not snr:
+        raise ValueError("snr must be a non-empty dict {estimator: {K: {group: SNR}}}")
+    groups = list(groups)
+    if not groups:
+        raise ValueError("groups is empty")
+    fig = _new_figure(4.0 * len(groups) + 1.2, 3.9)
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    markers = "osD^vP*X<>"
+    all_k: set[float] = set()
+    drawn = 0
+    for ax, group in zip(axes, groups, strict=True):
+        anchor = None
+        for i, (label, by_k) in enumerate(snr.items()):
+            if not isinstance(by_k, Mapping):
+                raise TypeError(f"snr[{label!r}] must be a dict {{K: {{group: SNR}}}}")
+            points = []
+            for k, values in by_k.items():
+                kf = _finite_float(k)
+                if kf is None or kf <= 0:
+                    raise ValueError(f"snr[{label!r}] has K={k!r}; K must be a positive number")
+                v = _finite_float(values.get(group)) if isinstance(values, Mapping) else None
+                if v is not None and v > 0:
+                    points.append((kf, v))
+            if not points:
+                continue
+            points.sort()
+            ks, vs = zip(*points, strict=True)
+            # Estimators can give identical gradients (DReG's and IWAE's decoder gradients,
+            # STL's and the ELBO's): later lines are thinner, dashed and have smaller markers,
+            # so that a line drawn over another leaves it visible.
+            ax.plot(
+                ks,
+                vs,
+                color=f"C{i % 10}",
+                marker=markers[i % len(markers)],
+                markersize=max(3.0, 8.0 - 1.5 * (i % 4)),
+                lw=max(1.0, 2.6 - 0.5 * (i % 4)),
+                linestyle=("-", "--", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5)))[i % 4],
+                label=str(label),
+            )
+            all_k.update(ks)
+            drawn += 1
+            if anchor is None:
+                anchor = points[0]
+        if anchor is not None and reference_slopes and len(all_k) > 1:
+            k0, v0 = anchor
+            grid = np.geomspace(min(all_k), max(all_k), 50)
+            for power, text in ((0.5, r"$\propto\sqrt{K}$"), (-0.5, r"$\propto 1/\sqrt{K}$")):
+                ax.plot(
+                    grid,
+                    v0 * (grid / k0) ** power,
+                    color="0.55",
+                    linestyle=":",
+                    lw=1.0,
+                    zorder=0,
+                    label=text if ax is axes[0] else None,
+                )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("number of particles K")
+        ax.set_title(_SNR_GROUP_TITLES.get(group, group), fontsize=10)
+        ax.grid(True, which="major", alpha=0.3, linewidth=0.6)
+        ax.grid(True, which="minor", alpha=0.12, linewidth=0.4)
+    if not drawn:
+        raise ValueError(f"snr has no finite positive value for the groups {groups}")
+    ticks = sorted(all_k)
+    for ax in axes:
+        ax.set_xticks(ticks, [f"{k:g}" for k in ticks])
+        ax.xaxis.set_minor_formatter("")
+        _plain_log_labels(ax.yaxis, *ax.get_ylim())
+    axes[0].set_ylabel("mean gradient SNR  |E g| / sd g")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", frameon=False, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path, dpi)
+
+
+__all__ += ["plot_log_likelihood_curves", "plot_snr_vs_k"]

@@ -407,3 +407,89 @@ def test_bad_dpi(out):
     with pytest.raises(ValueError, match="dpi must be positive"):
         plot_image_grid(images(4), SHAPE, out / "g.png", dpi=0)
     assert os.listdir(out) == []
+
+
+# -------------------------------------------------------------- estimator comparisons
+
+
+def _seed_histories(offset: float, n_seeds: int = 3, epochs: int = 6) -> list[list[dict]]:
+    return [
+        [
+            {
+                "epoch": e,
+                "test_elbo": -150.0 + 4 * e + offset + s,
+                **({"test_log_likelihood": -145.0 + 4 * e + offset + s} if e % 2 == 0 else {}),
+            }
+            for e in range(1, epochs + 1)
+        ]
+        for s in range(n_seeds)
+    ]
+
+
+def test_log_likelihood_curves_mean_and_band(out):
+    curves = {"trace (K=1)": _seed_histories(0.0), "iwae (K=5)": _seed_histories(1.5)}
+    path = plots.plot_log_likelihood_curves(curves, out / "ll.png")
+    assert_png(path, min_width=600)
+
+
+def test_log_likelihood_curves_single_seed_single_point_and_uneven_runs(out):
+    uneven = _seed_histories(0.0, n_seeds=2)
+    uneven[1] = uneven[1][:2]  # a run stopped early by a time budget
+    curves = {
+        "one seed": _seed_histories(0.0, n_seeds=1),
+        "uneven": uneven,
+        "nothing": [[{"epoch": 1, "test_log_likelihood": float("nan")}]],
+    }
+    assert_png(plots.plot_log_likelihood_curves(curves, out / "ll.png"))
+    single = {"a": [[{"epoch": 3, "test_log_likelihood": -100.0}]]}
+    assert_png(plots.plot_log_likelihood_curves(single, out / "ll.png", title=None))
+
+
+def test_log_likelihood_curves_bad_input(out):
+    with pytest.raises(ValueError, match="non-empty dict"):
+        plots.plot_log_likelihood_curves({}, out / "ll.png")
+    with pytest.raises(ValueError, match="no run in curves has a finite 'test_log_likelihood'"):
+        plots.plot_log_likelihood_curves({"a": [[{"epoch": 1, "test_elbo": -1.0}]]}, out / "x.png")
+    with pytest.raises(TypeError, match="list of histories"):
+        plots.plot_log_likelihood_curves({"a": {"epoch": 1}}, out / "x.png")
+    with pytest.raises(TypeError, match="not a dict"):
+        plots.plot_log_likelihood_curves({"a": [[1.0, 2.0]]}, out / "x.png")
+    assert os.listdir(out) == []
+
+
+def _snr(scale: float, power: float) -> dict[int, dict[str, float]]:
+    return {k: {"inference": scale * k**power, "generative": 2.0 * k**0.5} for k in (1, 5, 10, 50)}
+
+
+def test_snr_vs_k_two_panels(out):
+    snr = {"iwae": _snr(0.7, -0.5), "dreg": _snr(0.8, 0.2), "trace": _snr(0.6, 0.5)}
+    path = plots.plot_snr_vs_k(snr, out / "snr.png")
+    img = assert_png(path, min_width=900)
+    assert img.shape[1] > 1.8 * img.shape[0]  # two panels side by side
+
+
+def test_snr_vs_k_skips_bad_values_and_one_group(out):
+    snr = {
+        "iwae": {1: {"inference": 0.5}, 5: {"inference": float("nan")}, 10: {"inference": 0.0}},
+        "score": {1: {"inference": 1e-3}, 50: {"inference": 2e-3}},
+    }
+    assert_png(plots.plot_snr_vs_k(snr, out / "snr.png", groups=("inference",), title=None))
+    assert_png(plots.plot_snr_vs_k({"a": {5: {"inference": 1.0}}}, out / "snr.png"))
+
+
+def test_snr_vs_k_bad_input(out):
+    with pytest.raises(ValueError, match="non-empty dict"):
+        plots.plot_snr_vs_k({}, out / "snr.png")
+    with pytest.raises(ValueError, match="no finite positive value"):
+        plots.plot_snr_vs_k({"a": {1: {"inference": float("nan")}}}, out / "snr.png")
+    with pytest.raises(ValueError, match="K must be a positive number"):
+        plots.plot_snr_vs_k({"a": {0: {"inference": 1.0}}}, out / "snr.png")
+    with pytest.raises(TypeError, match="must be a dict"):
+        plots.plot_snr_vs_k({"a": [1.0]}, out / "snr.png")
+    with pytest.raises(ValueError, match="groups is empty"):
+        plots.plot_snr_vs_k({"a": {1: {"inference": 1.0}}}, out / "snr.png", groups=())
+    assert os.listdir(out) == []
+
+
+def test_comparison_plots_are_exported():
+    assert {"plot_log_likelihood_curves", "plot_snr_vs_k"} <= set(plots.__all__)
