@@ -11,7 +11,8 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.nn.functional import softplus
+from torch.distributions.utils import broadcast_all
+from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 
 from ._registry import lookup
 
@@ -75,13 +76,25 @@ class Likelihood(nn.Module):
         check_data(x, self.x_dim, what)
 
 
+class _BernoulliEvent(dist.Independent):
+    """``Bernoulli(logits).to_event(1)`` whose ``log_prob`` sums the cross-entropy over the event
+    before negating it. torch's ``Bernoulli.log_prob`` negates the whole ``[..., x_dim]`` tensor:
+    one more pass over the largest tensor of a K-sample evaluation (~10% of its time on a CPU)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = broadcast_all(self.base_dist.logits, value)
+        return -binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+
+
 class BernoulliLikelihood(Likelihood):
     """x_d ~ Bernoulli(sigmoid(logit_d)): binary data only."""
 
     support_text = "{0, 1}"
 
     def forward(self, params: torch.Tensor) -> dist.Distribution:
-        return dist.Bernoulli(logits=params).to_event(1)
+        return _BernoulliEvent(dist.Bernoulli(logits=params), 1)
 
     def check(self, x: torch.Tensor, what: str = "data") -> None:
         super().check(x, what)

@@ -1,0 +1,261 @@
+"""Shared pieces of the benchmarks: the hand-written PyTorch reference VAE, interleaved timing,
+statistics and Markdown tables.
+
+The reference is the network a PyTorch user would write by hand for the same model: the same
+encoder MLP (-> loc, softplus(raw) + 1e-5), the same decoder MLP (-> Bernoulli logits), the same
+N(0, I) prior, with its weights copied from a ``pyro_vae.VAE`` so both start identical.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import date
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_2PI = math.log(2 * math.pi)
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus}
+
+
+# -- the reference network ----------------------------------------------------------------------
+class RefVAE(nn.Module):
+    """784-[hidden]-z MLP VAE in plain PyTorch (no Pyro, no torch.distributions)."""
+
+    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int], activation: str = "relu"):
+        super().__init__()
+        act = _ACTIVATIONS[activation]
+
+        def mlp(dims):
+            layers = []
+            for a, b in zip(dims[:-1], dims[1:]):
+                layers += [nn.Linear(a, b), act()]
+            return nn.Sequential(*layers)
+
+        hidden = [int(h) for h in hidden]
+        self.z_dim = int(z_dim)
+        self.enc_hidden = mlp([x_dim, *hidden])
+        self.enc_out = nn.Linear(hidden[-1], 2 * z_dim)
+        self.dec_hidden = mlp([z_dim, *reversed(hidden)])
+        self.dec_out = nn.Linear(hidden[0], x_dim)
+
+    @classmethod
+    def from_pyro(cls, vae) -> RefVAE:
+        """A reference with ``vae``'s architecture and a copy of its current weights."""
+        c = vae.config
+        if (c.prior, c.likelihood, c.guide) != ("normal", "bernoulli", "normal"):
+            raise ValueError("the reference implements the normal/bernoulli/normal VAE only")
+        ref = cls(c.x_dim, c.z_dim, c.hidden_dims, c.activation)
+        rename = {
+            "encoder.net.hidden.": "enc_hidden.",
+            "encoder.net.out.": "enc_out.",
+            "decoder.hidden.": "dec_hidden.",
+            "decoder.out.": "dec_out.",
+        }
+        state = {}
+        for key, value in vae.state_dict().items():
+            for old, new in rename.items():
+                if key.startswith(old):
+                    state[new + key[len(old) :]] = value.detach().clone()
+        ref.load_state_dict(state, strict=True)
+        return ref.to(next(vae.parameters()).device)
+
+    def encode(self, x):
+        loc, raw = self.enc_out(self.enc_hidden(x)).chunk(2, dim=-1)
+        return loc, F.softplus(raw) + 1e-5
+
+    def decode(self, z):
+        return self.dec_out(self.dec_hidden(z))
+
+    def log_weights(self, x, num_samples: int, loc=None, scale=None):
+        """``log p(x, z_k) - log q(z_k | x)``, ``[K, B]``, z_k = loc + scale * eps_k."""
+        if loc is None:
+            loc, scale = self.encode(x)
+        eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)
+        z = loc + scale * eps
+        logits = self.decode(z)
+        log_px = -F.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none"
+        ).sum(-1)
+        d = self.z_dim
+        log_pz = -0.5 * z.pow(2).sum(-1) - 0.5 * d * LOG_2PI
+        # log N(z; loc, scale) with z = loc + scale * eps: the same value and the same gradient.
+        log_qz = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1) - 0.5 * d * LOG_2PI
+        return log_px + log_pz - log_qz
+
+    # Each loss is -(N / B) * sum_n bound_n, exactly the scale Pyro's subsampled data plate uses.
+    def loss_trace(self, x, num_data):
+        return -(num_data / len(x)) * self.log_weights(x, 1).sum()
+
+    def loss_meanfield(self, x, num_data):
+        loc, scale = self.encode(x)
+        z = loc + scale * torch.randn_like(loc)
+        logits = self.decode(z)
+        log_px = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        kl = 0.5 * (scale.pow(2) + loc.pow(2) - 1.0 - 2.0 * scale.log()).sum(-1)
+        return -(num_data / len(x)) * (log_px - kl).sum()
+
+    def loss_iwae(self, x, num_data, num_particles):
+        log_w = self.log_weights(x, num_particles)
+        bound = log_w.logsumexp(0) - math.log(num_particles)
+        return -(num_data / len(x)) * bound.sum()
+
+    @torch.no_grad()
+    def log_likelihood(self, data, num_samples, batch_size, chunk_size):
+        """K-sample estimate per datapoint with the same batching/chunking as the library's.
+        The encoder runs once per batch (what a hand-written loop does)."""
+        out = torch.empty(len(data), dtype=data.dtype, device=data.device)
+        for start in range(0, len(data), batch_size):
+            x = data[start : start + batch_size]
+            loc, scale = self.encode(x)
+            parts = []
+            for k0 in range(0, num_samples, chunk_size):
+                k = min(chunk_size, num_samples - k0)
+                parts.append(self.log_weights(x, k, loc, scale).logsumexp(0))
+            out[start : start + len(x)] = torch.stack(parts).logsumexp(0) - math.log(num_samples)
+        return out
+
+
+# -- timing -------------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+#: the clock of :func:`timed`: "wall" (time.perf_counter) or "cpu" (time.process_time, the CPU
+#: seconds this process used, which a shared machine's other jobs do not inflate)
+CLOCK = {"name": "wall"}
+
+
+def set_clock(name: str) -> None:
+    if name not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {name!r}")
+    CLOCK["name"] = name
+
+
+def now() -> float:
+    return time.process_time() if CLOCK["name"] == "cpu" else time.perf_counter()
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    sync(device)
+    t0 = now()
+    fn()
+    sync(device)
+    return now() - t0
+
+
+def interleaved(
+    candidates: dict[str, Callable[[], object]],
+    rounds: int,
+    device: torch.device,
+    repeat: dict[str, int] | int = 1,
+) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, measured in ``rounds`` interleaved rounds.
+
+    Every round times each candidate once (``repeat`` calls back to back, divided out); the order
+    alternates A B C, C B A, A B C, ... so slow drifts of a shared machine hit every candidate
+    alike. Ratios are then taken within a round (paired), never across rounds.
+    """
+    names = list(candidates)
+    reps = repeat if isinstance(repeat, dict) else {n: repeat for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            fn, k = candidates[name], reps[name]
+
+            def block(fn=fn, k=k):
+                for _ in range(k):
+                    fn()
+
+            times[name].append(timed(block, device) / k)
+    return times
+
+
+def calibrate(fn: Callable[[], object], device: torch.device, target_s: float) -> int:
+    """Calls per timed block so that one block lasts about ``target_s`` (at least 1)."""
+    t = min(timed(fn, device) for _ in range(2))
+    return max(1, int(round(target_s / max(t, 1e-6))))
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0], v[0], v[0]
+    q = statistics.quantiles(v, n=4, method="inclusive")
+    return q[0], statistics.median(v), q[2]
+
+
+def fmt_ratio(values: Sequence[float]) -> str:
+    """``median [q1, q3]`` of paired per-round ratios."""
+    q1, med, q3 = quartiles(values)
+    return f"{med:.3f} [{q1:.3f}, {q3:.3f}]"
+
+
+def fmt_num(x: float) -> str:
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.3g}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def environment(device: torch.device) -> str:
+    import pyro
+
+    if device.type == "cuda":
+        hw = torch.cuda.get_device_name(device)
+    else:
+        import os
+
+        hw = f"CPU, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}"
+    hw += f", clock {CLOCK['name']}"
+    return (
+        f"{date.today().isoformat()}; {hw}; Python {platform.python_version()}, torch "
+        f"{torch.__version__}, pyro-ppl {pyro.__version__}; command: "
+        f"`{' '.join([sys.executable.split('/')[-1], *sys.argv])}`"
+    )
+
+
+def load_images(smoke: bool, device: torch.device, n_train: int = 1024, n_test: int = 256):
+    """MNIST ``(train_x, test_x)`` in [0, 1] from pyro_vae's cache; with ``smoke`` a random
+    stand-in (no data set needed in CI) of the same width."""
+    if smoke:
+        g = torch.Generator().manual_seed(0)
+        return (
+            torch.rand(n_train, 784, generator=g).to(device),
+            torch.rand(n_test, 784, generator=g).to(device),
+        )
+    import pyro_vae
+
+    data = pyro_vae.load_dataset("mnist", download=False)
+    return data.train_x.to(device), data.test_x.to(device)
+
+
+def setup_clock(args, device: torch.device) -> None:
+    """``args.clock``: "cpu" by default on CPU, "wall" on CUDA (CPU time would not count the
+    GPU's). With the CPU clock torch runs 1 thread (unless ``--threads``): process CPU time is
+    then the single thread's busy time, which other jobs on a shared machine do not inflate;
+    with several threads OpenMP spin-waiting would count as CPU time."""
+    if args.clock is None:
+        args.clock = "cpu" if device.type == "cpu" else "wall"
+    if args.clock == "cpu" and device.type != "cpu":
+        raise ValueError("--clock cpu does not count GPU time; use --clock wall with CUDA")
+    if args.threads is None and args.clock == "cpu":
+        args.threads = 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_clock(args.clock)

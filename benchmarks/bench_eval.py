@@ -1,0 +1,433 @@
+"""K-sample log-likelihood evaluation of pyro_vae against a hand-written PyTorch reference.
+
+Throughput (images x samples per second) of ``pyro_vae.log_likelihood(vae.model, vae.guide, x,
+K)`` with its default batching and chunking, against the reference estimate with the same batch
+and chunk shapes, interleaved over rounds in one process; peak memory of each, one fresh
+subprocess per (implementation, K); and the seconds for the whole 10,000-image MNIST test set at
+K = 5000, extrapolated from a probe with the test set's own chunk shape.
+
+    python benchmarks/bench_eval.py            # full (about 2 min on a 2-core CPU)
+    python benchmarks/bench_eval.py --smoke    # seconds, for CI
+    python benchmarks/bench_eval.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    RefVAE,
+    environment,
+    fmt_num,
+    fmt_ratio,
+    interleaved,
+    load_images,
+    markdown_table,
+    quartiles,
+    setup_clock,
+    sync,
+    timed,
+)
+from _proposed import load_proposed  # noqa: E402
+
+import pyro_vae  # noqa: E402
+from pyro_vae import VAE, log_likelihood  # noqa: E402
+
+try:
+    from pyro_vae.evaluate import DEFAULT_MAX_ELEMENTS
+except ImportError:  # pragma: no cover
+    DEFAULT_MAX_ELEMENTS = 2**24
+
+#: the batch size the proposed patch makes the default (see proposed.patch): at least
+#: min(K, 128) samples per chunk, so the guide (re-run for every chunk) is a small cost
+PROPOSED_MIN_CHUNK = 128
+
+
+def library_shapes(n: int, d: int, k: int, max_elements: int = DEFAULT_MAX_ELEMENTS):
+    """(batch_size, chunk_size) that ``log_likelihood`` picks by default (evaluate.py)."""
+    batch = max(1, min(n, max_elements // d))
+    chunk = max(1, min(k, max_elements // (batch * d)))
+    return batch, chunk
+
+
+def proposed_shapes(n: int, d: int, k: int, max_elements: int = DEFAULT_MAX_ELEMENTS):
+    batch = max(1, min(n, max_elements // (d * min(k, PROPOSED_MIN_CHUNK))))
+    chunk = max(1, min(k, max_elements // (batch * d)))
+    return batch, chunk
+
+
+def build(cfg, device, seed=0):
+    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)
+    vae = VAE(**cfg).to(device).eval()
+    return vae, RefVAE.from_pyro(vae).eval()
+
+
+def proposed_twin(vae):
+    """The same VAE (weights copied) built by the patched library, or None."""
+    proposed = load_proposed()
+    if proposed is None:
+        return None
+    c = vae.config
+    twin = proposed.VAE(c.x_dim, c.z_dim, c.hidden_dims, c.activation)
+    twin.load_state_dict(vae.state_dict())
+    return twin.to(next(vae.parameters()).device).eval()
+
+
+def binarized_test(smoke, device):
+    _, test_x = load_images(smoke, device)
+    g = torch.Generator(device=test_x.device).manual_seed(123)
+    return torch.bernoulli(test_x, generator=g)
+
+
+def candidates(vae, ref, x, k, variants, shapes=library_shapes):
+    """Callables over the same data; the reference uses ``shapes`` (the library's by default).
+    ``proposed`` is the patched library's log_likelihood with its own default shapes."""
+    d = x[0].numel()
+    batch, chunk = shapes(len(x), d, k)
+    out = {}
+    out["reference"] = lambda: ref.log_likelihood(x, k, batch, chunk)
+    if "stock" in variants:
+        out["stock"] = lambda: log_likelihood(vae.model, vae.guide, x, k)
+    if "proposed" in variants and (twin := proposed_twin(vae)) is not None:
+        proposed = load_proposed()
+        out["proposed"] = lambda: proposed.log_likelihood(twin.model, twin.guide, x, k)
+    if "no-validate" in variants:
+
+        def no_validate():
+            with pyro.validation_enabled(False):
+                return log_likelihood(vae.model, vae.guide, x, k, batch, chunk_size=chunk)
+
+        out["no-validate"] = no_validate
+    return out, (batch, chunk)
+
+
+# -- peak memory in a fresh process --------------------------------------------------------------
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def memory_child(impl: str, k: int, n: int, cfg: dict, device_name: str, smoke: bool) -> dict:
+    """Run one evaluation and report its peak memory increase in MiB.
+
+    CPU: peak RSS. The kernel's high-water mark (VmHWM) is reset by writing 5 to
+    /proc/self/clear_refs right before the evaluation (after imports, model, data and a small
+    warm-up), so peak - RSS-before is the evaluation's own peak; without /proc (not Linux) the
+    fallback is ru_maxrss after - before, which misses a peak lower than the process's earlier
+    high-water mark. CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus
+    the memory allocated before.
+    """
+    device = torch.device(device_name)
+    vae, ref = build(cfg, device)
+    x = binarized_test(smoke, device)[:n]
+    cands, shapes = candidates(vae, ref, x, k, [impl])
+    fn = cands[impl]
+    if impl == "proposed":
+        shapes = proposed_shapes(len(x), x.shape[1], k)
+    cands_small, _ = candidates(vae, ref, x[:2], 2, [impl])
+    cands_small[impl]()  # warm-up: lazy initialisation is not the evaluation's memory
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        t = timed(fn, device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        method = "cuda max_memory_allocated"
+    else:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            before = _status_kb("VmRSS") * 1024
+            t = timed(fn, device)
+            peak = _status_kb("VmHWM") * 1024 - before
+            method = "VmHWM reset via clear_refs"
+        except OSError:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            t = timed(fn, device)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+            method = "ru_maxrss delta"
+    return {
+        "impl": impl,
+        "K": k,
+        "n": len(x),
+        "batch": shapes[0],
+        "chunk": shapes[1],
+        "peak_mib": peak / 2**20,
+        "seconds": t,
+        "method": method,
+    }
+
+
+def measure_memory(impl, k, n, cfg, args) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_memory-child",
+        json.dumps(
+            {"impl": impl, "k": k, "n": n, "cfg": cfg, "device": args.device, "smoke": args.smoke}
+        ),
+    ]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory child failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+def bench_ks(args, device, cfg, vae, ref, test):
+    rows, raw = [], {}
+    for k in args.ks:
+        n = max(1, min(len(test), args.work // k))
+        x = test[:n]
+        cands, (batch, chunk) = candidates(vae, ref, x, k, args.variants)
+        if args.warmup:
+            for fn in cands.values():
+                fn()
+        times = interleaved(cands, args.rounds, device)
+        # the two estimates agree within Monte Carlo error (a check on the reference)
+        torch.manual_seed(1)
+        ll_lib = float(log_likelihood(vae.model, vae.guide, x, k).mean())
+        torch.manual_seed(1)
+        ll_ref = float(ref.log_likelihood(x, k, batch, chunk).mean())
+        lls = {"reference": ll_ref, "stock": ll_lib}
+        if "proposed" in cands:
+            torch.manual_seed(1)
+            lls["proposed"] = float(cands["proposed"]().mean())
+        mem = {}
+        if args.memory and (not args.smoke or k == args.ks[-1]):
+            for impl in ("reference", "stock", "proposed"):
+                if impl in cands:
+                    mem[impl] = measure_memory(impl, k, n, cfg, args)
+        raw[k] = {
+            "n": n,
+            "batch": batch,
+            "chunk": chunk,
+            "seconds": times,
+            "mean_log_likelihood": lls,
+            "memory": mem,
+        }
+        for name, ts in times.items():
+            tput = quartiles([n * k / t for t in ts])[1]
+            ratio = (
+                "1"
+                if name == "reference"
+                else fmt_ratio([a / b for a, b in zip(times["reference"], ts, strict=True)])
+            )
+            peak = f"{mem[name]['peak_mib']:.0f}" if name in mem else ""
+            ll = f"{lls[name]:.2f}" if name in lls else ""
+            bb, cc = (proposed_shapes if name == "proposed" else library_shapes)(n, x.shape[1], k)
+            rows.append([k, n, f"[{cc}, {bb}, {x.shape[1]}]", name, fmt_num(tput), ratio, peak, ll])
+        print(f"  K={k}: done", file=sys.stderr, flush=True)
+    table = markdown_table(
+        [
+            "K",
+            "images",
+            "chunk tensor [k, B, D]",
+            "implementation",
+            "images x samples / s",
+            "ratio pyro/ref: median [q1, q3]",
+            "peak memory MiB",
+            "mean log p(x)",
+        ],
+        rows,
+    )
+    return table, raw
+
+
+def bench_full(args, device, vae, ref, test):
+    """The whole test set at K = args.full_k, extrapolated. The library's default shapes for
+    10,000 images are [chunk 2, batch 10000]: every chunk is alike, so a probe of
+    ``full_probe_k`` samples times full_k / full_probe_k is the full run's time. The proposed
+    default batch is probed on whole batches and whole chunks, scaled the same way."""
+    n = len(test)
+    rows, raw = [], {}
+    k_full = args.full_k
+    # (label, data, K of the probe, shapes, scale to the full run)
+    b, c = library_shapes(n, test.shape[1], k_full)
+    probe_k = max(c, args.full_probe_k - args.full_probe_k % c)
+    pb, pc = proposed_shapes(n, test.shape[1], k_full)
+    pn = min(n, 2 * pb)
+    # 2 batches x 4 chunks (plus the patch's 1-sample validated chunk per batch, which the
+    # full run spreads over 5000 samples instead of 512: a slight overestimate).
+    probe_pk = min(k_full, 4 * pc)
+    configs = [  # (label, data, probe K, shapes of the row, implementation, scale to full)
+        (
+            "reference, library default shapes",
+            test,
+            probe_k,
+            library_shapes,
+            "reference",
+            k_full / probe_k,
+        ),
+        (
+            "stock (library default shapes)",
+            test,
+            probe_k,
+            library_shapes,
+            "stock",
+            k_full / probe_k,
+        ),
+        (
+            "reference, proposed shapes",
+            test[:pn],
+            probe_pk,
+            proposed_shapes,
+            "reference",
+            (n / pn) * (k_full / probe_pk),
+        ),
+        (
+            "proposed (patched, its default shapes)",
+            test[:pn],
+            probe_pk,
+            proposed_shapes,
+            "proposed",
+            (n / pn) * (k_full / probe_pk),
+        ),
+    ]
+    fns = {}
+    for label, x, k, shapes, impl, _ in configs:
+        cands, _ = candidates(vae, ref, x, k, [impl], shapes)
+        if impl in cands:
+            fns[label] = cands[impl]
+    times = interleaved(fns, args.full_rounds, device)
+    for label, x, k, shapes, _, scale in configs:
+        if label not in times:
+            continue
+        bb, cc = shapes(len(x), x.shape[1], k)
+        med = quartiles(times[label])[1]
+        full = med * scale
+        rows.append(
+            [
+                label,
+                f"[{cc}, {bb}, {x.shape[1]}]",
+                f"{len(x)} images x K={k}",
+                f"{med:.2f}",
+                f"{full:,.1f} s ({full / 60:.1f} min)",
+            ]
+        )
+        raw[label] = {"probe_seconds": times[label], "scale": scale}
+    table = markdown_table(
+        [
+            "implementation",
+            "chunk tensor [k, B, D]",
+            "probe",
+            "probe seconds (median)",
+            f"EXTRAPOLATED: {n} images at K={k_full}",
+        ],
+        rows,
+    )
+    return table, raw
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, 1-2 rounds (CI, < 20 s)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: 1 with --clock cpu, else torch's)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default=None,
+        help="cpu: process CPU seconds (default on CPU); wall: perf_counter (CUDA)",
+    )
+    p.add_argument("--ks", type=int, nargs="+", default=None)
+    p.add_argument(
+        "--work",
+        type=int,
+        default=None,
+        help="images x samples per measurement: images = work // K",
+    )
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument(
+        "--variants", nargs="+", default=None, choices=["stock", "no-validate", "proposed"]
+    )
+    p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--full-k", type=int, default=5000)
+    p.add_argument("--full-probe-k", type=int, default=4)
+    p.add_argument("--full-rounds", type=int, default=None, help="0 skips the full-set estimate")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    device = pyro_vae.resolve_device(args.device)
+    if args.memory_child:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        spec = json.loads(args.memory_child)
+        cfg = dict(spec["cfg"], hidden_dims=tuple(spec["cfg"]["hidden_dims"]))
+        print(
+            json.dumps(
+                memory_child(spec["impl"], spec["k"], spec["n"], cfg, spec["device"], spec["smoke"])
+            )
+        )
+        return None
+    setup_clock(args, device)
+    smoke = args.smoke
+    args.ks = args.ks or ([10, 100] if smoke else [100, 1000, 5000])
+    args.work = args.work or (2000 if smoke else 50_000)
+    args.rounds = args.rounds or (1 if smoke else 4)
+    args.full_rounds = (1 if smoke else 2) if args.full_rounds is None else args.full_rounds
+    args.warmup = not smoke
+    args.variants = args.variants or (["stock"] if smoke else ["stock", "no-validate", "proposed"])
+    if smoke:
+        args.full_k, args.full_probe_k = 100, 4
+    cfg = dict(x_dim=784, z_dim=8 if smoke else 20, hidden_dims=[32] if smoke else [400])
+    vae, ref = build(dict(cfg, hidden_dims=tuple(cfg["hidden_dims"])), device)
+    test = binarized_test(smoke, device)
+
+    t0 = time.perf_counter()
+    print(f"# Log-likelihood evaluation benchmark\n\n{environment(device)}\n")
+    print(
+        f"Model {cfg['x_dim']}-{cfg['hidden_dims']}-{cfg['z_dim']} ReLU, Bernoulli, N(0, I) "
+        f"prior, untrained weights (timing does not depend on them); "
+        f"{'random stand-in' if smoke else 'MNIST test'} images binarized once; each "
+        f"measurement evaluates about {args.work:,} images x samples; {args.rounds} "
+        f"interleaved rounds; max_elements = {DEFAULT_MAX_ELEMENTS:,}.\n"
+    )
+    table, raw = bench_ks(args, device, cfg, vae, ref, test)
+    print("## Throughput and peak memory per K\n\n" + table + "\n")
+    full_raw = None
+    if args.full_rounds > 0:
+        full_table, full_raw = bench_full(args, device, vae, ref, test)
+        print(
+            f"## Whole test set at K={args.full_k} (extrapolated from probes)\n\n"
+            + full_table
+            + "\n"
+        )
+    print(f"total benchmark time: {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"ks": raw, "full": full_raw}, indent=1, default=str))
+    for k, r in raw.items():
+        ratios = [a / b for a, b in zip(r["seconds"]["reference"], r["seconds"]["stock"])]
+        assert ratios and all(math.isfinite(v) and v > 0 for v in ratios), k
+        assert all(m["peak_mib"] >= 0 for m in r["memory"].values()), k
+    return raw
+
+
+if __name__ == "__main__":
+    main()
