@@ -126,13 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-samples",
         type=_positive(int),
-        default=1000,
-        help="K of the importance-sampled test log-likelihood",
+        default=500,
+        help="K of the importance-sampled test log-likelihood (papers use 5000)",
     )
     p.add_argument(
         "--eval-every",
         type=int,
-        default=5,
+        default=0,
         help="test log-likelihood every N epochs and at the end (0: only at the end)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed")
