@@ -201,8 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
         except (DistributedError, ValueError, RuntimeError) as e:
             parser.exit(2, f"error: {e}\n")
         where = f" (rank {ctx.rank} of {ctx.world_size})"
+    finished = False
     try:
-        return run_experiment(
+        results = run_experiment(
             pv.ModelConfig(x_dim=784, **model_kw),
             pv.TrainConfig(**train_kw),
             dataset=args.dataset,
@@ -214,11 +215,13 @@ def main(argv: list[str] | None = None) -> dict:
             figures=not args.no_figures,
             distributed=args.distributed,
         )
+        finished = True
+        return results
     except (ValueError, RuntimeError, FileNotFoundError, pv.CheckpointError) as e:
         parser.exit(2, f"error{where}: {e}\n")
     finally:
         if args.distributed:
-            shutdown_distributed()
+            shutdown_distributed(barrier=finished)
 
 
 if __name__ == "__main__":

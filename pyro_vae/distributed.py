@@ -186,9 +186,20 @@ def init_distributed(
     return get_context()
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group (a no-op when none is initialized)."""
+def shutdown_distributed(barrier: bool = False) -> None:
+    """Leave the process group (a no-op when none is initialized).
+
+    With ``barrier=True`` (after a successful run) every process first waits for the others, so
+    that none tears down its connections while rank 0 still writes results: gloo aborts a
+    process whose peer disappears mid-teardown ("terminate called without an active exception").
+    Leave it False after an error, when a peer may be gone for good.
+    """
     if dist.is_available() and dist.is_initialized():
+        if barrier:
+            try:
+                dist.barrier()
+            except RuntimeError:
+                pass  # a peer already failed; leave anyway
         dist.destroy_process_group()
     _CURRENT_TIMEOUT.clear()
 
