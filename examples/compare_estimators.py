@@ -22,44 +22,19 @@ import argparse
 import sys
 
 import pyro_vae as pv
+from pyro_vae.cli import (
+    add_architecture_arguments,
+    add_data_arguments,
+    apply_preset,
+    explicit_dests,
+    int_list,
+    non_negative_int,
+    positive,
+)
 from pyro_vae.compare import CompareConfig, compare_estimators, parse_estimators
 from pyro_vae.experiment import PRESETS
 
 DEFAULT_ESTIMATORS = "trace,iwae:5,stl,dreg:5"
-
-
-def _ints(flag: str, minimum: int | None = None):
-    def parse(text: str) -> tuple[int, ...]:
-        try:
-            values = tuple(int(t) for t in text.replace(",", " ").split())
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{flag} takes integers like '1,5,10', got {text!r}"
-            ) from None
-        if not values:
-            raise argparse.ArgumentTypeError(f"{flag} is empty")
-        if minimum is not None and any(v < minimum for v in values):
-            raise argparse.ArgumentTypeError(f"{flag} values must be >= {minimum}, got {text!r}")
-        return values
-
-    return parse
-
-
-def _positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,85 +54,60 @@ def build_parser() -> argparse.ArgumentParser:
         default="1",
         help="K list for the estimators given without ':K' (one row per estimator x K)",
     )
-    p.add_argument("--seeds", type=_ints("--seeds"), default="0,1,2", help="seeds, e.g. 0,1,2")
+    p.add_argument("--seeds", type=int_list("--seeds"), default="0,1,2", help="seeds, e.g. 0,1,2")
     p.add_argument(
         "--epochs",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="epochs per run (default 5); with --seconds, the most epochs per run",
     )
     p.add_argument(
         "--seconds",
-        type=_positive(float),
+        type=positive(float),
         default=None,
         help="training seconds per run instead of an epoch budget (evaluation not counted)",
     )
     p.add_argument(
         "--eval-samples",
-        type=_positive(int),
+        type=positive(int),
         default=1000,
         help="K of the importance-sampled test log-likelihood",
     )
     p.add_argument(
         "--eval-every",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="test log-likelihood every N epochs for the curves (default: ~5 points per run, "
         "every epoch under --seconds) and always at the end",
     )
     p.add_argument(
         "--snr-k",
-        type=_ints("--snr-k", 1),
+        type=int_list("--snr-k", 1),
         default="1,5,10,50",
         help="K values of the gradient SNR figure",
     )
     p.add_argument(
         "--snr-repeats",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=100,
         help="independent gradient estimates per SNR (0: no SNR)",
     )
     p.add_argument(
         "--snr-batch-size",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="images in the fixed SNR batch (default: --batch-size)",
     )
-    p.add_argument("--dataset", choices=pv.DATASETS, default="mnist", help="data set")
-    p.add_argument("--data-dir", default=None, help="folder with the canonical IDX files")
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default=None,
         help="architecture and optimiser of a paper (explicit flags override it)",
     )
-    p.add_argument(
-        "--train-size",
-        type=_positive(int),
-        default=10000,
-        help="first N training images (60000: all of MNIST)",
-    )
-    p.add_argument(
-        "--test-size",
-        type=_positive(int),
-        default=1000,
-        help="first N test images (10000: all of MNIST)",
-    )
-    p.add_argument("--batch-size", type=_positive(int), default=100, help="minibatch size")
-    p.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
-    p.add_argument("--z-dim", type=_positive(int), default=20, help="latent dimension")
-    p.add_argument(
-        "--hidden-dims",
-        type=_ints("--hidden-dims", 1),
-        default="400",
-        help="encoder hidden sizes, e.g. '200,200' (the decoder mirrors them)",
-    )
-    p.add_argument(
-        "--activation",
-        choices=sorted(pv.networks.ACTIVATIONS),
-        default="relu",
-        help="hidden-layer activation",
-    )
+    add_data_arguments(p, train_size=10000, test_size=1000)
+    p.add_argument("--batch-size", type=positive(int), default=100, help="minibatch size")
+    p.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate")
+    add_architecture_arguments(p)
     p.add_argument("--cuda", action="store_true", help="train and evaluate on the GPU")
     p.add_argument("--out", default="runs/compare", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -169,12 +119,7 @@ def main(argv: list[str] | None = None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    explicit = {
-        a.dest
-        for a in parser._actions
-        for o in a.option_strings
-        if any(t == o or t.startswith(o + "=") for t in argv)
-    }
+    explicit = explicit_dests(parser, argv)
     model_kw = dict(z_dim=args.z_dim, hidden_dims=args.hidden_dims, activation=args.activation)
     train_kw = dict(
         epochs=args.epochs,
@@ -185,11 +130,7 @@ def main(argv: list[str] | None = None):
         eval_every=args.eval_every,
     )
     if args.preset:
-        preset_model, preset_train = PRESETS[args.preset]
-        model_kw.update({k: v for k, v in preset_model.items() if k not in explicit})
-        train_kw.update(
-            {k: v for k, v in preset_train.items() if k in train_kw and k not in explicit}
-        )
+        apply_preset(PRESETS[args.preset], model_kw, train_kw, explicit, train_keys=set(train_kw))
     if train_kw["epochs"] is None and args.seconds is None:
         train_kw["epochs"] = 5
     try:

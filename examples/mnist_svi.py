@@ -18,6 +18,13 @@ import argparse
 import sys
 
 import pyro_vae as pv
+from pyro_vae.cli import (
+    add_architecture_arguments,
+    add_data_arguments,
+    apply_preset,
+    explicit_dests,
+    positive,
+)
 from pyro_vae.distributed import (
     DEFAULT_TIMEOUT,
     DistributedError,
@@ -27,31 +34,11 @@ from pyro_vae.distributed import (
 from pyro_vae.experiment import PRESETS, run_experiment
 
 
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(t) for t in text.replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--hidden-dims takes integers like '400' or '200,200', got {text!r}"
-        ) from None
-    if any(d <= 0 for d in dims):
-        raise argparse.ArgumentTypeError(f"--hidden-dims must be positive, got {text!r}")
-    return dims
-
-
-def _positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # so that the flags given explicitly (over a --preset) are known
     )
     p.add_argument("--cuda", action="store_true", help="train and evaluate on the GPU")
     p.add_argument(
@@ -62,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dist-timeout",
-        type=_positive(float),
+        type=positive(float),
         default=DEFAULT_TIMEOUT,
         help="seconds a process waits for the others in a collective before it fails "
         "(--distributed)",
@@ -73,38 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch.distributed backend (default: nccl with --cuda, else gloo)",
     )
-    p.add_argument("--dataset", choices=pv.DATASETS, default="mnist", help="data set")
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder with the canonical IDX files (tried before cache/download)",
-    )
+    add_data_arguments(p, train_size=None, test_size=None)
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default=None,
         help="a setup from the literature; explicit flags override it",
     )
-    p.add_argument("--epochs", type=_positive(int), default=10, help="training epochs")
-    p.add_argument("--batch-size", type=_positive(int), default=128, help="minibatch size")
-    p.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
-    p.add_argument("--z-dim", type=_positive(int), default=20, help="latent dimension")
-    p.add_argument(
-        "--hidden-dims",
-        type=_hidden,
-        default=(400,),
-        help="encoder hidden sizes, e.g. '200,200' (the decoder mirrors them)",
-    )
-    p.add_argument(
-        "--activation",
-        choices=sorted(pv.networks.ACTIVATIONS),
-        default="relu",
-        help="hidden-layer activation",
-    )
+    p.add_argument("--epochs", type=positive(int), default=10, help="training epochs")
+    p.add_argument("--batch-size", type=positive(int), default=128, help="minibatch size")
+    p.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate")
+    add_architecture_arguments(p)
     p.add_argument("--prior", choices=sorted(pv.PRIORS), default="normal", help="prior p(z)")
     p.add_argument(
         "--num-components",
-        type=_positive(int),
+        type=positive(int),
         default=10,
         help="components of the mixture prior / pseudo-inputs of the VampPrior",
     )
@@ -115,17 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="likelihood p(x|z); bernoulli trains on dynamically binarized pixels",
     )
     p.add_argument("--guide", choices=sorted(pv.GUIDES), default="normal", help="guide q(z|x)")
-    p.add_argument("--num-flows", type=_positive(int), default=2, help="IAF layers (--guide iaf)")
+    p.add_argument("--num-flows", type=positive(int), default=2, help="IAF layers (--guide iaf)")
     p.add_argument("--elbo", choices=sorted(pv.ESTIMATORS), default="trace", help="ELBO estimator")
     p.add_argument(
         "--num-particles",
-        type=_positive(int),
+        type=positive(int),
         default=1,
         help="samples per datapoint in the training objective (K for iwae/dreg)",
     )
     p.add_argument(
         "--eval-samples",
-        type=_positive(int),
+        type=positive(int),
         default=500,
         help="K of the importance-sampled test log-likelihood (papers use 5000)",
     )
@@ -141,30 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jit", action="store_true", help="use Pyro's JIT-compiled ELBO")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    p.add_argument(
-        "--train-size",
-        type=_positive(int),
-        default=None,
-        help="use only the first N training images (quick runs)",
-    )
-    p.add_argument(
-        "--test-size",
-        type=_positive(int),
-        default=None,
-        help="use only the first N test images (quick runs)",
-    )
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    explicit = {
-        a.dest
-        for a in parser._actions
-        if a.option_strings
-        and any(o in (argv if argv is not None else sys.argv[1:]) for o in a.option_strings)
-    }
+    explicit = explicit_dests(parser, sys.argv[1:] if argv is None else argv)
     model_kw = dict(
         z_dim=args.z_dim,
         hidden_dims=args.hidden_dims,
@@ -189,9 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         progress=not args.no_progress,
     )
     if args.preset:
-        preset_model, preset_train = PRESETS[args.preset]
-        model_kw.update({k: v for k, v in preset_model.items() if k not in explicit})
-        train_kw.update({k: v for k, v in preset_train.items() if k not in explicit})
+        apply_preset(PRESETS[args.preset], model_kw, train_kw, explicit)
     where = ""
     if args.distributed:
         try:
