@@ -40,7 +40,6 @@ How the pieces fit (see :func:`pyro_vae.train` with ``distributed=True``):
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -50,7 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .evaluate import kl_to_prior, log_likelihood
+from .evaluate import LogLikelihood, kl_to_prior, log_likelihood, summarize
 from .likelihoods import check_data
 
 __all__ = [
@@ -282,14 +281,4 @@ def evaluate_distributed(
             rows[:, 5:] = vae.posterior_mean(x)
     dist.all_reduce(table)
     ll, stderr, ess, elbo, kl = table[:, :5].unbind(-1)
-    return {
-        "log_likelihood": float(ll.mean()),
-        "log_likelihood_stderr": float(ll.std() / math.sqrt(n)) if n > 1 else 0.0,
-        "log_likelihood_mc_stderr": float(stderr.mean()),
-        "ess": float(ess.mean()),
-        "elbo": float(elbo.mean()),
-        "kl": float(kl.mean()),
-        # evaluate.active_units' definition and default threshold (Burda et al. 2015)
-        "active_units": int((table[:, 5:].var(0) > 1e-2).sum()),
-        "num_samples": int(num_samples),
-    }
+    return summarize(LogLikelihood(ll, stderr, ess, elbo), kl, table[:, 5:], num_samples)

@@ -142,11 +142,35 @@ def kl_to_prior(vae, data: torch.Tensor, num_samples: int = 100) -> torch.Tensor
         return (q.log_prob(z) - p.log_prob(z)).mean(0)
 
 
+ACTIVE_UNIT_THRESHOLD = 1e-2
+
+
+def _count_active(posterior_means: torch.Tensor, threshold: float) -> int:
+    return int((posterior_means.var(0) > threshold).sum())
+
+
 @torch.no_grad()
-def active_units(vae, data: torch.Tensor, threshold: float = 1e-2) -> int:
+def active_units(vae, data: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
     """Number of latent dimensions u with Cov_x(E_q[z_u | x]) > threshold (Burda et al. 2015)."""
-    mean = vae.posterior_mean(data)
-    return int((mean.var(0) > threshold).sum())
+    return _count_active(vae.posterior_mean(data), threshold)
+
+
+def summarize(
+    stats: LogLikelihood, kl: torch.Tensor, posterior_means: torch.Tensor, num_samples: int
+) -> dict[str, float]:
+    """The dict :func:`evaluate` returns, from per-datapoint ``[N]`` results and ``[N, z_dim]``
+    posterior means (shared with the sharded evaluation in :mod:`pyro_vae.distributed`)."""
+    ll, n = stats.log_likelihood, len(stats.log_likelihood)
+    return {
+        "log_likelihood": float(ll.mean()),
+        "log_likelihood_stderr": float(ll.std() / math.sqrt(n)) if n > 1 else 0.0,
+        "log_likelihood_mc_stderr": float(stats.stderr.mean()),
+        "ess": float(stats.ess.mean()),
+        "elbo": float(stats.elbo.mean()),
+        "kl": float(kl.mean()),
+        "active_units": _count_active(posterior_means, ACTIVE_UNIT_THRESHOLD),
+        "num_samples": int(num_samples),
+    }
 
 
 @torch.no_grad()
@@ -172,14 +196,4 @@ def evaluate(
             vae.model, vae.guide, data, num_samples, batch_size, return_stats=True
         )
         kl = kl_to_prior(vae, data)
-    ll = stats.log_likelihood
-    return {
-        "log_likelihood": float(ll.mean()),
-        "log_likelihood_stderr": float(ll.std() / math.sqrt(len(ll))) if len(ll) > 1 else 0.0,
-        "log_likelihood_mc_stderr": float(stats.stderr.mean()),
-        "ess": float(stats.ess.mean()),
-        "elbo": float(stats.elbo.mean()),
-        "kl": float(kl.mean()),
-        "active_units": active_units(vae, data),
-        "num_samples": int(num_samples),
-    }
+    return summarize(stats, kl, vae.posterior_mean(data), num_samples)
