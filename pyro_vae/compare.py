@@ -48,7 +48,7 @@ from .config import ModelConfig, TrainConfig
 from .data import ImageData, binarize_static, load_dataset
 from .estimators import ESTIMATORS, make_elbo
 from .evaluate import evaluate
-from .experiment import prepare_data
+from .experiment import epoch_line, prepare_data
 from .gradients import gradient_snr
 from .plots import plot_log_likelihood_curves, plot_snr_vs_k
 from .train import TrainingDiverged, resolve_device, train
@@ -487,16 +487,6 @@ def _jsonable(obj: Any) -> Any:
 # -------------------------------------------------------------------------------------- runs
 
 
-def _epoch_line(prefix: str, r: dict) -> str:
-    parts = [f"{prefix} epoch {r['epoch']:>3}", f"train ELBO {r['train_elbo']:9.3f}"]
-    if "test_elbo" in r:
-        parts.append(f"test ELBO {r['test_elbo']:9.3f}")
-    if "test_log_likelihood" in r:
-        parts.append(f"test log p(x) {r['test_log_likelihood']:9.3f}")
-    parts.append(f"{r['seconds']:.1f} s")
-    return " | ".join(parts)
-
-
 _FINAL_KEYS = (
     "test_log_likelihood",
     "test_log_likelihood_stderr",
@@ -532,7 +522,7 @@ def _one_run(
         progress=config.progress,
     )
     prefix = f"[{spec.name} K={spec.num_particles} seed {seed}]"
-    budget = _Budget(config.seconds, lambda r: log(_epoch_line(prefix, r)))
+    budget = _Budget(config.seconds, lambda r: log(epoch_line(r, f"{prefix} ")))
     stopped_by, error = "epochs", None
     try:
         result = train(vae, train_x, test_x, train_config, callbacks=[budget])

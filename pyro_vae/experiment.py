@@ -174,7 +174,7 @@ def run_experiment(
         train_config,
         out_dir=out,
         resume=resume,
-        callbacks=[lambda r: log(_epoch_line(r))],
+        callbacks=[lambda r: log(epoch_line(r))],
         distributed=distributed,
     )
     final = result.evaluation
@@ -217,8 +217,9 @@ def run_experiment(
     return results
 
 
-def _epoch_line(r: dict) -> str:
-    parts = [f"epoch {r['epoch']:>4}", f"train ELBO {r['train_elbo']:9.3f}"]
+def epoch_line(r: dict, prefix: str = "") -> str:
+    """One log line for an epoch's metrics record (``prefix`` names the run, e.g. its estimator)."""
+    parts = [f"{prefix}epoch {r['epoch']:>4}", f"train ELBO {r['train_elbo']:9.3f}"]
     if "test_elbo" in r:
         parts.append(f"test ELBO {r['test_elbo']:9.3f}")
     if "test_log_likelihood" in r:
