@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .evaluate import LogLikelihood, kl_to_prior, log_likelihood, summarize
+from .evaluate import LogLikelihood, fork_rng, kl_to_prior, log_likelihood, summarize
 from .likelihoods import check_data
 
 __all__ = [
@@ -268,8 +268,7 @@ def evaluate_distributed(
     table = torch.zeros(n, 5 + z_dim, dtype=dtype, device=data.device)
     if length > 0:
         x = data[start : start + length]
-        devices = [data.device.index or 0] if data.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        with fork_rng(data.device, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed if ctx.rank == 0 else rank_seed(seed, 0, ctx.rank))
             stats = log_likelihood(

@@ -55,6 +55,13 @@ def _chunks(total: int, size: int, first: int | None = None):
         yield s, min(size, total - s)
 
 
+def fork_rng(device: torch.device, enabled: bool = True):
+    """``torch.random.fork_rng`` for the CPU and, on CUDA, ``device``'s generator: draws inside
+    leave the global random state as it was."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices, enabled=enabled)
+
+
 @torch.no_grad()
 def log_likelihood(
     model: Callable,
@@ -188,8 +195,7 @@ def evaluate(
     """
     check_data(data, vae.config.x_dim)
     vae.likelihood.check(data, "evaluation data")
-    devices = [data.device.index or 0] if data.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+    with fork_rng(data.device, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
         stats = log_likelihood(

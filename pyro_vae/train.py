@@ -45,7 +45,7 @@ from .distributed import (
     shard,
 )
 from .estimators import make_elbo
-from .evaluate import evaluate
+from .evaluate import evaluate, fork_rng
 from .likelihoods import check_data
 
 __all__ = ["TrainingDiverged", "TrainResult", "resolve_device", "train", "METRICS_NAME"]
@@ -177,9 +177,8 @@ def _find_unused_parameters(vae, elbo, x: torch.Tensor, binarize: str | None, nu
     """Names of parameters that get no gradient from one loss evaluation on ``x`` (a probe run
     before DDP is built: DDP must be told when some parameters are unused, e.g. the IAF's flows
     under the score-function estimator). Leaves the RNG and the gradients as they were."""
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with fork_rng(x.device):
             if binarize == "dynamic":
                 x = torch.bernoulli(x)
             elbo.differentiable_loss(vae.model, vae.guide, x, num_data=num_data).backward()
