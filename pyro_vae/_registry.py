@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -17,14 +17,3 @@ def lookup(kind: str, name: str, registry: Mapping[str, T], hint: str = "") -> T
         valid = ", ".join(sorted(registry))
         raise ValueError(f"unknown {kind} {name!r}; valid {kind}s are: {valid}.{hint}")
     return registry[key]
-
-
-def register(registry: dict[str, Callable], *names: str):
-    """Decorator: add a factory to ``registry`` under each of ``names``."""
-
-    def deco(fn):
-        for n in names:
-            registry[n] = fn
-        return fn
-
-    return deco

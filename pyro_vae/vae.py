@@ -36,7 +36,7 @@ __all__ = ["VAE"]
 _instances = itertools.count()
 
 
-def _name_or_custom(obj, kind: type) -> str:
+def _name_or_custom(obj) -> str:
     return obj if isinstance(obj, str) else f"custom:{type(obj).__name__}"
 
 
@@ -75,9 +75,9 @@ class VAE(nn.Module):
             z_dim=int(z_dim),
             hidden_dims=tuple(int(h) for h in hidden_dims),
             activation=activation,
-            prior=_name_or_custom(prior, Prior),
-            likelihood=_name_or_custom(likelihood, Likelihood),
-            guide=_name_or_custom(guide, Guide),
+            prior=_name_or_custom(prior),
+            likelihood=_name_or_custom(likelihood),
+            guide=_name_or_custom(guide),
             num_components=int(num_components),
             num_flows=int(num_flows),
             likelihood_scale=float(likelihood_scale),
