@@ -50,7 +50,6 @@ import torch.distributed as dist
 from torch import nn
 
 from .evaluate import LogLikelihood, fork_rng, kl_to_prior, log_likelihood, summarize
-from .likelihoods import check_data
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -258,8 +257,7 @@ def evaluate_distributed(
     ``rank_seed(seed, 0, r)``; rank 0 from ``seed``, so one process reproduces ``evaluate``.
     """
     ctx = get_context()
-    check_data(data, vae.config.x_dim)
-    vae.likelihood.check(data, "evaluation data")
+    vae.check_data(data, "evaluation data")
     n = len(data)
     start, length = shard(n, ctx.world_size, ctx.rank)
     z_dim = vae.config.z_dim

@@ -13,7 +13,6 @@ from pyro.infer.util import is_validation_enabled
 from torch.distributions import kl_divergence
 
 from .importance import vectorized_log_weights
-from .likelihoods import check_data
 
 __all__ = [
     "LogLikelihood",
@@ -193,8 +192,7 @@ def evaluate(
     its standard error over datapoints and the mean Monte Carlo error, ``elbo``, ``kl``,
     ``active_units``. With ``seed`` the draws are reproducible and leave the global RNG as it was.
     """
-    check_data(data, vae.config.x_dim)
-    vae.likelihood.check(data, "evaluation data")
+    vae.check_data(data, "evaluation data")
     with fork_rng(data.device, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)

@@ -92,15 +92,15 @@ def _prepare(vae, data, what: str, binarize: str | None, device: torch.device) -
     from .data import as_tensor
 
     x = as_tensor(data)
-    check_data(x, vae.config.x_dim, what)
     if binarize == "dynamic":
+        check_data(x, vae.config.x_dim, what)
         if bool(((x < 0) | (x > 1)).any()):
             raise ValueError(
                 f"binarize='dynamic' draws Bernoulli(x) pixels, so {what} must lie in [0, 1]; got "
                 f"min {float(x.min()):.4g}, max {float(x.max()):.4g}"
             )
     else:
-        vae.likelihood.check(x, what)
+        vae.check_data(x, what)
     # Resident on the device: no host-to-device copy per batch.
     return x.to(device)
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .guides import Guide, make_guide
-from .likelihoods import Likelihood, make_likelihood
+from .likelihoods import Likelihood, check_data, make_likelihood
 from .networks import MLP
 from .priors import Prior, make_prior
 
@@ -125,7 +125,17 @@ class VAE(nn.Module):
             raise TypeError(f"unexpected keyword arguments {sorted(objects)}")
         return cls(**kwargs)
 
-    # -- shapes -------------------------------------------------------------------------------
+    # -- shapes and support -------------------------------------------------------------------
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        """Raise a clear error unless ``x [N, x_dim]`` is finite and in the likelihood's support.
+
+        A user-written likelihood without a ``check`` method gets the shape and NaN checks only.
+        """
+        check_data(x, self.config.x_dim, what)
+        check = getattr(self.likelihood, "check", None)
+        if check is not None:
+            check(x, what)
+
     def _check_x(self, x: torch.Tensor) -> int:
         # Shapes are traced tensors under --jit; their comparison is static for a fixed batch.
         with ignore_jit_warnings():

@@ -1,5 +1,6 @@
 """Likelihoods: normalised densities, support checks with actionable messages."""
 
+import pyro
 import pytest
 import torch
 
@@ -92,3 +93,19 @@ def test_pyro_validation_still_catches_bypassed_checks():
 def test_unknown_likelihood_lists_valid_names():
     with pytest.raises(ValueError, match="unknown likelihood 'poisson'.*bernoulli.*laplace"):
         pv.make_likelihood("poisson", 3)
+
+
+def test_a_plain_module_likelihood_trains_and_evaluates():
+    """No Likelihood base class needed: without a ``check`` method the data still get the shape
+    and NaN checks, and training and evaluation work."""
+
+    class Laplace(torch.nn.Module):
+        def forward(self, params):
+            return pyro.distributions.Laplace(params, 1.0).to_event(1)
+
+    vae = pv.VAE(6, 2, (8,), likelihood=Laplace())
+    res = pv.train(vae, torch.rand(32, 6), config=pv.TrainConfig(epochs=1, progress=False))
+    assert len(res.history) == 1
+    assert pv.evaluate(vae, torch.rand(8, 6), num_samples=4)["num_samples"] == 4
+    with pytest.raises(ValueError, match="NaN"):
+        pv.evaluate(vae, torch.full((3, 6), float("nan")))
