@@ -4,7 +4,7 @@ Throughput (images x samples per second) of ``pyro_vae.log_likelihood(vae.model,
 K)`` with its default batching and chunking, against the reference estimate with the same batch
 and chunk shapes, interleaved over rounds in one process; peak memory of each, one fresh
 subprocess per (implementation, K); and the seconds for the whole 10,000-image MNIST test set at
-K = 5000, extrapolated from a probe with the test set's own chunk shape.
+K = 5000, extrapolated from a probe with the full run's batch and chunk shapes.
 
     python benchmarks/bench_eval.py            # full (about 2 min on a 2-core CPU)
     python benchmarks/bench_eval.py --smoke    # seconds, for CI
@@ -39,30 +39,25 @@ from _common import (  # noqa: E402
     sync,
     timed,
 )
-from _proposed import load_proposed  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae import VAE, log_likelihood  # noqa: E402
+from pyro_vae.evaluate import DEFAULT_MAX_ELEMENTS, MIN_CHUNK  # noqa: E402
 
-try:
-    from pyro_vae.evaluate import DEFAULT_MAX_ELEMENTS
-except ImportError:  # pragma: no cover
-    DEFAULT_MAX_ELEMENTS = 2**24
-
-#: the batch size the proposed patch makes the default (see proposed.patch): at least
-#: min(K, 128) samples per chunk, so the guide (re-run for every chunk) is a small cost
-PROPOSED_MIN_CHUNK = 128
+#: whole batches of the full run's batch size that the whole-test-set probe evaluates
+FULL_PROBE_BATCHES = 2
+#: whole chunks of the full run's chunk size per image in that probe (unless --full-probe-k)
+FULL_PROBE_CHUNKS = 4
 
 
 def library_shapes(n: int, d: int, k: int, max_elements: int = DEFAULT_MAX_ELEMENTS):
-    """(batch_size, chunk_size) that ``log_likelihood`` picks by default (evaluate.py)."""
-    batch = max(1, min(n, max_elements // d))
-    chunk = max(1, min(k, max_elements // (batch * d)))
-    return batch, chunk
-
-
-def proposed_shapes(n: int, d: int, k: int, max_elements: int = DEFAULT_MAX_ELEMENTS):
-    batch = max(1, min(n, max_elements // (d * min(k, PROPOSED_MIN_CHUNK))))
+    """(batch_size, chunk_size) that ``log_likelihood`` picks by default for ``n`` datapoints of
+    ``d`` elements and K = ``k`` (evaluate.py): a batch that leaves room for chunks of at least
+    min(K, MIN_CHUNK) samples, then as many samples per chunk as keep one ``[chunk, batch, d]``
+    tensor under ``max_elements``. With Pyro's validation on, the library also evaluates the
+    first sample of each batch as a chunk of its own, then chunks of this size."""
+    d = max(1, d)
+    batch = max(1, min(n, max_elements // (d * min(k, MIN_CHUNK))))
     chunk = max(1, min(k, max_elements // (batch * d)))
     return batch, chunk
 
@@ -74,35 +69,21 @@ def build(cfg, device, seed=0):
     return vae, RefVAE.from_pyro(vae).eval()
 
 
-def proposed_twin(vae):
-    """The same VAE (weights copied) built by the patched library, or None."""
-    proposed = load_proposed()
-    if proposed is None:
-        return None
-    c = vae.config
-    twin = proposed.VAE(c.x_dim, c.z_dim, c.hidden_dims, c.activation)
-    twin.load_state_dict(vae.state_dict())
-    return twin.to(next(vae.parameters()).device).eval()
-
-
 def binarized_test(smoke, device):
     _, test_x = load_images(smoke, device)
     g = torch.Generator(device=test_x.device).manual_seed(123)
     return torch.bernoulli(test_x, generator=g)
 
 
-def candidates(vae, ref, x, k, variants, shapes=library_shapes):
-    """Callables over the same data; the reference uses ``shapes`` (the library's by default).
-    ``proposed`` is the patched library's log_likelihood with its own default shapes."""
+def candidates(vae, ref, x, k, variants):
+    """Callables over the same data. ``stock`` is ``log_likelihood`` with its default shapes; the
+    reference and ``no-validate`` are given the same batch and chunk sizes (library_shapes)."""
     d = x[0].numel()
-    batch, chunk = shapes(len(x), d, k)
+    batch, chunk = library_shapes(len(x), d, k)
     out = {}
     out["reference"] = lambda: ref.log_likelihood(x, k, batch, chunk)
     if "stock" in variants:
         out["stock"] = lambda: log_likelihood(vae.model, vae.guide, x, k)
-    if "proposed" in variants and (twin := proposed_twin(vae)) is not None:
-        proposed = load_proposed()
-        out["proposed"] = lambda: proposed.log_likelihood(twin.model, twin.guide, x, k)
     if "no-validate" in variants:
 
         def no_validate():
@@ -140,8 +121,6 @@ def memory_child(impl: str, k: int, n: int, cfg: dict, device_name: str, smoke: 
     x = binarized_test(smoke, device)[:n]
     cands, shapes = candidates(vae, ref, x, k, [impl])
     fn = cands[impl]
-    if impl == "proposed":
-        shapes = proposed_shapes(len(x), x.shape[1], k)
     cands_small, _ = candidates(vae, ref, x[:2], 2, [impl])
     cands_small[impl]()  # warm-up: lazy initialisation is not the evaluation's memory
     sync(device)
@@ -210,12 +189,9 @@ def bench_ks(args, device, cfg, vae, ref, test):
         torch.manual_seed(1)
         ll_ref = float(ref.log_likelihood(x, k, batch, chunk).mean())
         lls = {"reference": ll_ref, "stock": ll_lib}
-        if "proposed" in cands:
-            torch.manual_seed(1)
-            lls["proposed"] = float(cands["proposed"]().mean())
         mem = {}
         if args.memory and (not args.smoke or k == args.ks[-1]):
-            for impl in ("reference", "stock", "proposed"):
+            for impl in ("reference", "stock"):
                 if impl in cands:
                     mem[impl] = measure_memory(impl, k, n, cfg, args)
         raw[k] = {
@@ -235,8 +211,8 @@ def bench_ks(args, device, cfg, vae, ref, test):
             )
             peak = f"{mem[name]['peak_mib']:.0f}" if name in mem else ""
             ll = f"{lls[name]:.2f}" if name in lls else ""
-            bb, cc = (proposed_shapes if name == "proposed" else library_shapes)(n, x.shape[1], k)
-            rows.append([k, n, f"[{cc}, {bb}, {x.shape[1]}]", name, fmt_num(tput), ratio, peak, ll])
+            shape = f"[{chunk}, {batch}, {x.shape[1]}]"
+            rows.append([k, n, shape, name, fmt_num(tput), ratio, peak, ll])
         print(f"  K={k}: done", file=sys.stderr, flush=True)
     table = markdown_table(
         [
@@ -255,77 +231,56 @@ def bench_ks(args, device, cfg, vae, ref, test):
 
 
 def bench_full(args, device, vae, ref, test):
-    """The whole test set at K = args.full_k, extrapolated. The library's default shapes for
-    10,000 images are [chunk 2, batch 10000]: every chunk is alike, so a probe of
-    ``full_probe_k`` samples times full_k / full_probe_k is the full run's time. The proposed
-    default batch is probed on whole batches and whole chunks, scaled the same way."""
-    n = len(test)
+    """The whole test set at K = args.full_k, extrapolated from a probe with the full run's own
+    shapes. For 10,000 MNIST images at K = 5000 the library's defaults are batches of 167 images
+    and chunks of 128 samples (a [128, 167, 784] tensor): 60 batches (the last of 147), each of
+    1 validated sample + 39 chunks of 128 + one of 7 (the reference: 39 of 128 + one of 8).
+
+    The probe is ``FULL_PROBE_BATCHES`` whole batches x ``full_probe_k`` samples, rounded down to
+    whole chunks (default ``FULL_PROBE_CHUNKS`` chunks), so its ``[chunk, batch, D]`` tensors are
+    the full run's; its time x (images / probe images) x (full K / probe K) is the full run's.
+    The library's 1-sample validated chunk per batch is scaled up with the rest (the full run
+    spreads it over full_k samples, the probe over probe K): a slight overestimate."""
+    n, d = test.shape[0], test.shape[1]
     rows, raw = [], {}
     k_full = args.full_k
-    # (label, data, K of the probe, shapes, scale to the full run)
-    b, c = library_shapes(n, test.shape[1], k_full)
-    probe_k = max(c, args.full_probe_k - args.full_probe_k % c)
-    pb, pc = proposed_shapes(n, test.shape[1], k_full)
-    pn = min(n, 2 * pb)
-    # 2 batches x 4 chunks (plus the patch's 1-sample validated chunk per batch, which the
-    # full run spreads over 5000 samples instead of 512: a slight overestimate).
-    probe_pk = min(k_full, 4 * pc)
-    configs = [  # (label, data, probe K, shapes of the row, implementation, scale to full)
-        (
-            "reference, library default shapes",
-            test,
-            probe_k,
-            library_shapes,
-            "reference",
-            k_full / probe_k,
-        ),
-        (
-            "stock (library default shapes)",
-            test,
-            probe_k,
-            library_shapes,
-            "stock",
-            k_full / probe_k,
-        ),
-        (
-            "reference, proposed shapes",
-            test[:pn],
-            probe_pk,
-            proposed_shapes,
-            "reference",
-            (n / pn) * (k_full / probe_pk),
-        ),
-        (
-            "proposed (patched, its default shapes)",
-            test[:pn],
-            probe_pk,
-            proposed_shapes,
-            "proposed",
-            (n / pn) * (k_full / probe_pk),
-        ),
-    ]
+    b, c = library_shapes(n, d, k_full)
+    pn = min(n, FULL_PROBE_BATCHES * b)
+    probe_k = FULL_PROBE_CHUNKS * c if args.full_probe_k is None else args.full_probe_k
+    probe_k = min(k_full, max(c, probe_k - probe_k % c))
+    # a probe K >= the chunk >= min(full K, MIN_CHUNK) keeps the batch, and so the chunk, as is
+    assert library_shapes(pn, d, probe_k) == (b, c), (library_shapes(pn, d, probe_k), (b, c))
+    x = test[:pn]
+    scale = (n / pn) * (k_full / probe_k)
+    configs = {  # label: implementation
+        "reference, library default shapes": "reference",
+        "stock (library default shapes)": "stock",
+    }
     fns = {}
-    for label, x, k, shapes, impl, _ in configs:
-        cands, _ = candidates(vae, ref, x, k, [impl], shapes)
-        if impl in cands:
-            fns[label] = cands[impl]
+    for label, impl in configs.items():
+        cands, _ = candidates(vae, ref, x, probe_k, [impl])
+        fns[label] = cands[impl]
     times = interleaved(fns, args.full_rounds, device)
-    for label, x, k, shapes, _, scale in configs:
-        if label not in times:
-            continue
-        bb, cc = shapes(len(x), x.shape[1], k)
-        med = quartiles(times[label])[1]
+    for label, ts in times.items():
+        med = quartiles(ts)[1]
         full = med * scale
         rows.append(
             [
                 label,
-                f"[{cc}, {bb}, {x.shape[1]}]",
-                f"{len(x)} images x K={k}",
+                f"[{c}, {b}, {d}]",
+                f"{pn} images x K={probe_k}",
                 f"{med:.2f}",
                 f"{full:,.1f} s ({full / 60:.1f} min)",
             ]
         )
-        raw[label] = {"probe_seconds": times[label], "scale": scale}
+        raw[label] = {
+            "probe_seconds": ts,
+            "probe_images": pn,
+            "probe_k": probe_k,
+            "batch": b,
+            "chunk": c,
+            "scale": scale,
+        }
     table = markdown_table(
         [
             "implementation",
@@ -363,12 +318,16 @@ def main(argv=None):
         help="images x samples per measurement: images = work // K",
     )
     p.add_argument("--rounds", type=int, default=None)
-    p.add_argument(
-        "--variants", nargs="+", default=None, choices=["stock", "no-validate", "proposed"]
-    )
+    p.add_argument("--variants", nargs="+", default=None, choices=["stock", "no-validate"])
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--full-k", type=int, default=5000)
-    p.add_argument("--full-probe-k", type=int, default=4)
+    p.add_argument(
+        "--full-probe-k",
+        type=int,
+        default=None,
+        help="samples per image in the full-set probe, rounded down to whole chunks of the full "
+        f"run (default {FULL_PROBE_CHUNKS} chunks)",
+    )
     p.add_argument("--full-rounds", type=int, default=None, help="0 skips the full-set estimate")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
@@ -393,9 +352,9 @@ def main(argv=None):
     args.rounds = args.rounds or (1 if smoke else 4)
     args.full_rounds = (1 if smoke else 2) if args.full_rounds is None else args.full_rounds
     args.warmup = not smoke
-    args.variants = args.variants or (["stock"] if smoke else ["stock", "no-validate", "proposed"])
+    args.variants = args.variants or (["stock"] if smoke else ["stock", "no-validate"])
     if smoke:
-        args.full_k, args.full_probe_k = 100, 4
+        args.full_k, args.full_probe_k = 100, None
     cfg = dict(x_dim=784, z_dim=8 if smoke else 20, hidden_dims=[32] if smoke else [400])
     vae, ref = build(dict(cfg, hidden_dims=tuple(cfg["hidden_dims"])), device)
     test = binarized_test(smoke, device)
@@ -407,7 +366,7 @@ def main(argv=None):
         f"prior, untrained weights (timing does not depend on them); "
         f"{'random stand-in' if smoke else 'MNIST test'} images binarized once; each "
         f"measurement evaluates about {args.work:,} images x samples; {args.rounds} "
-        f"interleaved rounds; max_elements = {DEFAULT_MAX_ELEMENTS:,}.\n"
+        f"interleaved rounds; max_elements = {DEFAULT_MAX_ELEMENTS:,}, MIN_CHUNK = {MIN_CHUNK}.\n"
     )
     table, raw = bench_ks(args, device, cfg, vae, ref, test)
     print("## Throughput and peak memory per K\n\n" + table + "\n")

@@ -5,9 +5,9 @@ the batch from the device-resident data, dynamic binarization, zero_grad, loss, 
 step), the library's step first and the reference's next, interleaved over rounds, and reports the
 paired per-round ratio  images/s (Pyro) / images/s (reference)  as median [q1, q3].
 
-Variants of the library path (monkeypatched here, the library is not edited) show where Pyro's
-time goes; see RESULTS.md. Then seconds per MNIST epoch: ``pyro_vae.train`` (1 epoch) against
-the reference's epoch loop, interleaved.
+Variants of the library's step show what its fast path (``pyro_vae.direct``) saves and where
+Pyro's time goes; see RESULTS.md. Then seconds per MNIST epoch: ``pyro_vae.train`` (1 epoch)
+against the reference's epoch loop, interleaved.
 
     python benchmarks/bench_train.py            # full (about 4 min on a 2-core CPU)
     python benchmarks/bench_train.py --smoke    # seconds, for CI
@@ -17,16 +17,15 @@ the reference's epoch loop, interleaved.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import itertools
+import dataclasses
 import json
 import math
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pyro
-import pyro.poutine as poutine
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,7 +43,6 @@ from _common import (  # noqa: E402
     setup_clock,
     sync,
 )
-from _proposed import load_proposed  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae import VAE, make_elbo  # noqa: E402
@@ -57,74 +55,51 @@ ESTIMATORS = {  # label -> (make_elbo name, K, reference loss)
 }
 
 
-# -- the library's step, and monkeypatched variants of it ----------------------------------------
-def library_loss_fn(elbo):
-    """``pyro_vae.train._loss_fn`` (the step train() runs), or its documented equivalent."""
-    try:
-        from pyro_vae.train import _loss_fn
+# -- the library's step, and variants of it -------------------------------------------------------
+def library_step(elbo, vae, **kwargs):
+    """``pyro_vae.train._loss_fn(elbo, vae)``: the step ``train()`` runs, as ``step(x, n)``."""
+    from pyro_vae.train import _loss_fn
 
-        return _loss_fn(elbo)
-    except ImportError:  # pragma: no cover - the helper was renamed
+    loss_fn = _loss_fn(elbo, vae, **kwargs)
 
-        def step(model, guide, x, num_data):
-            loss = elbo.differentiable_loss(model, guide, x, num_data=num_data)
-            loss.backward()
-            return loss.detach()
+    def step(x, num_data):
+        return loss_fn(vae.model, vae.guide, x, num_data)
 
-        return step
+    step.uses_direct = loss_fn.uses_direct
+    return step
 
 
-@contextlib.contextmanager
-def no_pyro_module():
-    """``pyro.module(name, m)`` returns ``m`` without touching the param store (the training loop
-    optimizes ``vae.parameters()`` with a torch optimizer; the store is not read)."""
-    original = pyro.module
-    pyro.module = lambda name, nn_module, update_module_params=False: nn_module
-    try:
-        yield
-    finally:
-        pyro.module = original
+def without_direct(step):
+    """``step`` with pyro_vae.direct's loss refused at its first-call probe: every step then runs
+    the Pyro program (the library before the direct loss, validated every 50th step)."""
+    first = [True]
 
+    def wrapped(x, num_data):
+        if first[0]:
+            first[0] = False
+            with mock.patch("pyro_vae.direct.direct_loss", return_value=None):
+                return step(x, num_data)
+        return step(x, num_data)
 
-def fast_trace_loss(model, guide, x, num_data):
-    """Trace_ELBO's loss for a fully reparameterized guide, built on poutine traces directly:
-    no score parts, no per-site ``.item()``, no model/guide match check."""
-    guide_trace = poutine.trace(guide).get_trace(x, num_data)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, num_data)
-    elbo = 0.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for site in trace.nodes.values():
-            if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
-                continue
-            lp = site["fn"].log_prob(site["value"]).sum()
-            elbo = elbo + sign * site["scale"] * lp
-    loss = -elbo
-    loss.backward()
-    return loss.detach()
+    wrapped.uses_direct = step.uses_direct
+    return wrapped
 
 
 VARIANTS = {
-    # name: (description, factory(elbo_name, K, vae) -> step(x, num_data) or None if n/a)
-    "stock": "the library path: make_elbo + train._loss_fn (differentiable_loss + backward)",
-    "no-validate": "stock inside pyro.validation_enabled(False) except every 50th step",
-    "no-module": "stock with pyro.module a no-op (no param-store registration per call)",
-    "no-validate+no-module": "both of the above",
-    "direct-loss": "our own Trace_ELBO loss on poutine traces + no-validate + no-module "
-    "(trace only)",
+    # name: description; make_variant builds each (None where it does not apply)
+    "stock": "the library as train() runs it: pyro_vae.direct's loss for trace/meanfield between "
+    "Pyro-run steps validated every 50th (other estimators: the Pyro program on every step)",
+    "pyro-program": "the Pyro program on every step (Trace_ELBO.differentiable_loss), validated "
+    "every 50th, no pyro.module in between: the library before pyro_vae.direct",
+    "pyro-validated": "TrainConfig(fast_path=False): the Pyro program, validated, on every step",
     "jit": "make_elbo(..., jit=True): Pyro's JitTrace(MeanField)_ELBO (trace, meanfield only)",
-    "compile": "torch.compile(elbo.differentiable_loss) + no-validate (trace only; opt-in: "
+    "compile": "torch.compile(elbo.differentiable_loss), validation off (trace only; opt-in: "
     "about 30 s of compilation)",
-    "proposed": "the library with benchmarks/proposed.patch applied (a patched copy)",
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v != "compile"]
 
 
 def make_variant(variant: str, est: str, k: int, vae):
-    if variant == "proposed":
-        proposed = load_proposed()
-        if proposed is None:
-            return None
-        return _proposed_step(proposed, est, k, vae)
     if variant == "compile":
         if est != "trace":
             return None
@@ -143,35 +118,14 @@ def make_variant(variant: str, est: str, k: int, vae):
     if variant == "jit":
         if est not in ("trace", "meanfield"):
             return None
-        base = library_loss_fn(make_elbo(est, k, jit=True))
-    elif variant == "direct-loss":
-        if est != "trace":
-            return None
-        base = fast_trace_loss
-    else:
-        base = library_loss_fn(make_elbo(est, k))
-    validate = variant in ("stock", "no-module", "jit")
-    module = variant in ("stock", "no-validate", "jit")
-    counter = itertools.count()
-
-    def step(x, num_data):
-        with contextlib.ExitStack() as stack:
-            if not validate and next(counter) % 50 != 0:
-                stack.enter_context(pyro.validation_enabled(False))
-            if not module:
-                stack.enter_context(no_pyro_module())
-            return base(vae.model, vae.guide, x, num_data)
-
-    return step
-
-
-def _proposed_step(proposed, est, k, vae):
-    """The patched library's own step: ``train._loss_fn(elbo, vae)`` on a patched VAE."""
-    loss_fn = sys.modules["pyro_vae_proposed.train"]._loss_fn(proposed.make_elbo(est, k), vae)
-
-    def step(x, num_data):
-        return loss_fn(vae.model, vae.guide, x, num_data)
-
+        return library_step(make_elbo(est, k, jit=True), vae)
+    if variant == "pyro-validated":
+        return library_step(make_elbo(est, k), vae, fast_path=False)
+    step = library_step(make_elbo(est, k), vae)
+    if variant == "pyro-program":
+        if est not in ("trace", "meanfield"):
+            return None  # no direct loss to refuse: the same as stock
+        return without_direct(step)
     return step
 
 
@@ -200,14 +154,8 @@ class Trainer:
         return loss
 
 
-def new_vae(cfg, template, device, proposed=False):
-    cls = VAE
-    if proposed:
-        patched = load_proposed()
-        if patched is None:
-            return None
-        cls = patched.VAE
-    vae = cls(**cfg).to(device)
+def new_vae(cfg, template, device):
+    vae = VAE(**cfg).to(device)
     vae.load_state_dict(template.state_dict())
     return vae
 
@@ -249,8 +197,8 @@ def bench_steps(args, device, x_train, cfg, template):
             )
         }
         for variant in args.variants:
-            vae = new_vae(cfg, template, device, proposed=variant == "proposed")
-            step = None if vae is None else make_variant(variant, est, k, vae)
+            vae = new_vae(cfg, template, device)
+            step = make_variant(variant, est, k, vae)
             if step is not None:
                 cands[variant] = Trainer(vae.parameters(), step, x_train, args.batch_size)
         for c in cands.values():  # warm-up (JIT compiles here)
@@ -294,8 +242,8 @@ def bench_steps(args, device, x_train, cfg, template):
 def bench_epoch(args, device, x_train, cfg, template):
     """Seconds per epoch: ``pyro_vae.train`` (trace, dynamic binarization, 2 epochs; the second
     is timed, from the first epoch's callback to the second's, on the benchmark's clock) against
-    the reference's epoch loop (also the second of two), interleaved; optionally with the
-    patched copy of the library (benchmarks/proposed.patch)."""
+    the reference's epoch loop (also the second of two), interleaved; with ``--slow-epoch`` also
+    ``train`` with ``TrainConfig(fast_path=False)`` (the Pyro program, validated, every step)."""
     from pyro_vae import TrainConfig
 
     n, bs = len(x_train), args.batch_size
@@ -310,18 +258,16 @@ def bench_epoch(args, device, x_train, cfg, template):
         device=str(device),
     )
 
-    def library_epoch(package=pyro_vae):
-        vae = new_vae(cfg, template, device, proposed=package is not pyro_vae)
+    def library_epoch(config=config):
+        vae = new_vae(cfg, template, device)
         stamps = []
 
         def stamp(record):
             sync(device)
             stamps.append(now())
 
-        package.train(vae, x_train, config=config, callbacks=[stamp])
+        pyro_vae.train(vae, x_train, config=config, callbacks=[stamp])
         return stamps[1] - stamps[0]
-
-    proposed = load_proposed() if args.patched_epoch else None
 
     def reference_epoch():
         ref = RefVAE.from_pyro(template)
@@ -347,8 +293,9 @@ def bench_epoch(args, device, x_train, cfg, template):
         return stamps[1] - stamps[0]
 
     cands = {"reference": reference_epoch, "pyro_vae.train": library_epoch}
-    if proposed is not None:
-        cands["proposed (patched pyro_vae.train)"] = lambda: library_epoch(proposed)
+    if args.slow_epoch:
+        slow = dataclasses.replace(config, fast_path=False)
+        cands["pyro_vae.train, fast_path=False"] = lambda: library_epoch(slow)
     secs = {name: [] for name in cands}
     for r in range(args.epoch_rounds):
         for name in cands if r % 2 == 0 else reversed(list(cands)):
@@ -385,8 +332,8 @@ def bench_overhead(args, device):
     loss = ESTIMATORS["trace"][2]
     cands = {"reference": Trainer(ref.parameters(), ref_step_fn(ref, loss), x_train, 8)}
     for variant in args.variants:
-        vae = new_vae(cfg, template, device, proposed=variant == "proposed")
-        step = None if vae is None else make_variant(variant, "trace", 1, vae)
+        vae = new_vae(cfg, template, device)
+        step = make_variant(variant, "trace", 1, vae)
         if step is not None:
             cands[variant] = Trainer(vae.parameters(), step, x_train, 8)
     for c in cands.values():
@@ -433,7 +380,12 @@ def main(argv=None):
         help="default: all but compile (smoke: stock)",
     )
     p.add_argument("--epoch-rounds", type=int, default=None, help="0 skips the epoch benchmark")
-    p.add_argument("--no-patched-epoch", dest="patched_epoch", action="store_false")
+    p.add_argument(
+        "--no-slow-epoch",
+        dest="slow_epoch",
+        action="store_false",
+        help="time only train()'s default in the epoch benchmark, not also fast_path=False",
+    )
     p.add_argument(
         "--no-overhead",
         dest="overhead",
@@ -456,7 +408,7 @@ def main(argv=None):
     if args.epoch_rounds is None:
         args.epoch_rounds = 1 if smoke else 3
     if smoke:
-        args.patched_epoch = False
+        args.slow_epoch = False
         args.overhead = False
     cfg = dict(x_dim=784, z_dim=8 if smoke else 20, hidden_dims=(32,) if smoke else (400,))
     torch.manual_seed(0)

@@ -3,7 +3,8 @@
     python benchmarks/profile_step.py            # both (about 30 s)
     python benchmarks/profile_step.py --smoke    # tiny sizes
 
-Training: the stock ``trace`` step (784-400-20, batch 128, one torch thread) run under cProfile;
+Training: the Pyro program's ``trace`` step (``TrainConfig(fast_path=False)``, the step the
+library's fast path replaces; 784-400-20, batch 128, one torch thread) run under cProfile;
 the table gives the cumulative time of Pyro's pieces per step. cProfile adds a cost per Python
 call, so Python-heavy parts look larger than they are; the benchmark's variant rows (bench_train)
 are the unbiased measure of each piece.
@@ -56,7 +57,9 @@ def profile_training(smoke: bool) -> str:
     cfg = dict(x_dim=784, z_dim=8 if smoke else 20, hidden_dims=(32,) if smoke else (400,))
     x_train, _ = load_images(smoke, torch.device("cpu"), n_train=4096)
     vae = VAE(**cfg)
-    step = bt.Trainer(vae.parameters(), bt.make_variant("stock", "trace", 1, vae), x_train, 128)
+    step = bt.Trainer(
+        vae.parameters(), bt.make_variant("pyro-validated", "trace", 1, vae), x_train, 128
+    )
     for _ in range(10):
         step()
     n = 20 if smoke else 200
@@ -132,7 +135,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print("## cProfile of the stock trace training step\n")
+    print("## cProfile of the Pyro program's trace training step (fast_path=False)\n")
     print(profile_training(args.smoke) + "\n")
     print("## torch.profiler of log_likelihood (K = 1000, 50 images) against the reference\n")
     print(profile_evaluation(args.smoke) + "\n")

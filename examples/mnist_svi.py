@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/mnist", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--jit", action="store_true", help="use Pyro's JIT-compiled ELBO")
+    p.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="run the Pyro program, validated, at every training step (see pyro_vae.direct)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     return p
@@ -139,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         seed=args.seed,
         device="cuda" if args.cuda else "cpu",
         jit=args.jit,
+        fast_path=not args.no_fast_path,
         progress=not args.no_progress,
     )
     if args.preset:

@@ -26,6 +26,7 @@ from .data import (
     load_dataset,
     read_idx,
 )
+from .direct import direct_loss
 from .distributed import (
     DistributedContext,
     DistributedError,
@@ -123,6 +124,7 @@ __all__ = [
     "GradientSNR",
     "default_param_groups",
     "make_elbo",
+    "direct_loss",
     "vectorized_log_weights",
     "log_likelihood",
     "LogLikelihood",

@@ -49,6 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .direct import training_loss
 from .evaluate import LogLikelihood, fork_rng, kl_to_prior, log_likelihood, summarize
 
 __all__ = [
@@ -224,9 +225,15 @@ class ELBOLoss(nn.Module):
     ``num_data / len(x)``. Pass the *full* data-set size and the local batch: each rank's loss
     then estimates the full-data negative ELBO, and DDP's gradient average is the gradient of the
     estimate from the global batch. ``vae`` is a submodule, so ``ELBOLoss`` owns its parameters.
+
+    With ``fast_path=True`` the calls follow :func:`~pyro_vae.direct.training_loss` (what
+    ``train`` uses): the same loss, with Pyro's validation only on every 50th call and, for
+    ``trace``/``meanfield`` on the VAE's own program, the Pyro program run only on those calls.
     """
 
-    def __init__(self, vae: nn.Module, elbo) -> None:
+    def __init__(
+        self, vae: nn.Module, elbo, *, fast_path: bool = False, first_step: int = 0
+    ) -> None:
         super().__init__()
         if not hasattr(elbo, "differentiable_loss"):
             raise TypeError(
@@ -235,8 +242,11 @@ class ELBOLoss(nn.Module):
             )
         self.vae = vae
         self.elbo = elbo
+        self._loss = training_loss(elbo, vae, first_step=first_step) if fast_path else None
 
     def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        if self._loss is not None:
+            return self._loss(self.vae.model, self.vae.guide, x, num_data)
         return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, num_data=num_data)
 
 

@@ -36,6 +36,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig, lr_at_epoch
+from .direct import VALIDATE_EVERY, training_loss
 from .distributed import (
     DistributedError,
     ELBOLoss,
@@ -123,54 +124,32 @@ def _diverged(what: str, epoch: int, step: int, ckpt_path: Path | None) -> str:
     )
 
 
-#: Pyro's validation runs on the first step and on every this-many-th after it (see _loss_fn)
-VALIDATE_EVERY = 50
-
-
-def _is_jit(elbo) -> bool:
-    # Pyro's JitTrace*_ELBO classes find the parameters to trace through "param" sites.
-    return type(elbo).__name__.startswith("Jit")
-
-
-def _loss_fn(elbo, vae=None) -> Callable:
-    """``step(model, guide, x, num_data) -> loss tensor`` with gradients accumulated.
-
-    The first step and every ``VALIDATE_EVERY``-th one run as Pyro runs them. The steps between
-    run the same program on data of the same shape (checked once by ``_prepare``) without Pyro's
-    validation (~10% of a CPU step) and, with ``vae`` given and a non-JIT ``differentiable_loss``,
-    without ``pyro.module`` (~5%; the torch optimizer holds ``vae.parameters()``). A NaN the
-    skipped checks would have caught still stops training within ``VALIDATE_EVERY`` steps (the
-    next validated step or the finite-loss check), and the epoch's parameters are discarded.
-    """
-    counter = itertools.count()
-    skip_register = vae is not None and hasattr(elbo, "differentiable_loss") and not _is_jit(elbo)
-
-    @contextlib.contextmanager
-    def hot_path():
-        with contextlib.ExitStack() as stack:
-            if next(counter) % VALIDATE_EVERY:
-                stack.enter_context(pyro.validation_enabled(False))
-                if skip_register:
-                    vae.register_params = False
-                    stack.callback(setattr, vae, "register_params", True)
-            yield
-
+def _loss_fn(elbo, vae=None, fast_path: bool = True, first_step: int = 0) -> Callable:
+    """``step(model, guide, x, num_data) -> loss value`` with gradients accumulated: the loss of
+    :func:`~pyro_vae.direct.training_loss` and its backward; ``loss_and_grads`` for estimators
+    without ``differentiable_loss`` (TraceGraph_ELBO), validated every ``VALIDATE_EVERY``-th
+    step (every step without the fast path)."""
     # differentiable_loss gives one backward and no per-site .item(); TraceGraph_ELBO lacks it.
     if hasattr(elbo, "differentiable_loss"):
+        loss_fn = training_loss(elbo, vae, fast_path, first_step)
 
         def step(model, guide, x, num_data):
-            with hot_path():
-                loss = elbo.differentiable_loss(model, guide, x, num_data=num_data)
-                loss.backward()
+            loss = loss_fn(model, guide, x, num_data)
+            loss.backward()
             return loss.detach()
 
-    else:
+        step.uses_direct = loss_fn.uses_direct
+        return step
 
-        def step(model, guide, x, num_data):
-            with hot_path():
-                return torch.tensor(elbo.loss_and_grads(model, guide, x, num_data=num_data))
+    counter = itertools.count(first_step)
 
-    return step
+    def graph_step(model, guide, x, num_data):
+        validated = not fast_path or next(counter) % VALIDATE_EVERY == 0
+        with contextlib.nullcontext() if validated else pyro.validation_enabled(False):
+            return torch.tensor(elbo.loss_and_grads(model, guide, x, num_data=num_data))
+
+    graph_step.uses_direct = lambda: False
+    return graph_step
 
 
 def _find_unused_parameters(vae, elbo, x: torch.Tensor, binarize: str | None, num_data: int):
@@ -189,7 +168,7 @@ def _find_unused_parameters(vae, elbo, x: torch.Tensor, binarize: str | None, nu
     return unused
 
 
-def _distributed_step(vae, elbo, ctx, device, x_probe, binarize, num_data) -> Callable:
+def _distributed_step(vae, elbo, ctx, device, x_probe, config, num_data, first_step) -> Callable:
     """``step(x, num_data, weight) -> loss``: gradients of ``weight * loss`` averaged over ranks."""
     from torch.nn.parallel import DistributedDataParallel
 
@@ -215,12 +194,12 @@ def _distributed_step(vae, elbo, ctx, device, x_probe, binarize, num_data) -> Ca
 
         return manual_step
 
-    unused = _find_unused_parameters(vae, elbo, x_probe, binarize, num_data)
+    unused = _find_unused_parameters(vae, elbo, x_probe, config.binarize, num_data)
     # Every rank must build DDP with the same flag, whatever its probe saw.
     flag = torch.tensor([float(bool(unused))], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     module = DistributedDataParallel(
-        ELBOLoss(vae, elbo),
+        ELBOLoss(vae, elbo, fast_path=config.fast_path, first_step=first_step),
         device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=bool(flag.item()),
     )
@@ -356,18 +335,19 @@ def train(
 
     # Per-process batch; one step uses a global batch of world * bs points.
     bs = min(config.batch_size, math.ceil(n / world))
+    starts = list(range(0, n, world * bs))
+    # A short last global batch of fewer points than processes is skipped (see distributed.py).
+    if n - starts[-1] < world:
+        starts.pop()
+    first_step = start_epoch * len(starts)
     if ctx is None:
-        local = _loss_fn(elbo, vae)
+        local = _loss_fn(elbo, vae, config.fast_path, first_step)
 
         def step(x, num_data, weight):
             return local(vae.model, vae.guide, x, num_data)
 
     else:
-        step = _distributed_step(vae, elbo, ctx, device, x_train[:2], config.binarize, n)
-    starts = list(range(0, n, world * bs))
-    # A short last global batch of fewer points than processes is skipped (see distributed.py).
-    if n - starts[-1] < world:
-        starts.pop()
+        step = _distributed_step(vae, elbo, ctx, device, x_train[:2], config, n, first_step)
     used = min(n, len(starts) * world * bs)
     show = config.progress and sys.stderr.isatty() and main
     t_start = time.perf_counter()
