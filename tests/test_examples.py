@@ -208,6 +208,14 @@ def test_jit_flag(example, fake_data, tmp_path):
     assert res["train"]["jit"] is True
 
 
+def test_no_fast_path_flag_runs_the_pyro_program_to_the_same_result(example, fake_data, tmp_path):
+    fast = example.main([*SMALL, "--out", str(tmp_path / "fast"), "--no-figures"])
+    slow = example.main([*SMALL, "--out", str(tmp_path / "slow"), "--no-figures", "--no-fast-path"])
+    assert fast["train"]["fast_path"] is True and slow["train"]["fast_path"] is False
+    # the same loss on the same random draws, up to float rounding
+    assert slow["test_elbo"] == pytest.approx(fast["test_elbo"], rel=1e-4)
+
+
 def test_preset_sets_burda_and_explicit_flags_override_it(example, fake_data, tmp_path):
     res = example.main(["--preset", "burda2015", *SMALL, "--out", str(tmp_path), "--no-figures"])
     m, t = res["model"], res["train"]
