@@ -41,8 +41,12 @@ import pyro.distributions as dist
 import pyro.infer as infer
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.runtime import am_i_wrapped
 from torch.distributions import kl_divergence
+
+from .evaluate import fork_rng
+from .priors import StandardNormalPrior
+from .vae import VAE
 
 __all__ = ["direct_loss", "training_loss", "VALIDATE_EVERY"]
 
@@ -51,8 +55,6 @@ _ANALYTIC_KL = {infer.Trace_ELBO: False, infer.TraceMeanField_ELBO: True}
 
 
 def _static_ok(vae, elbo) -> bool:
-    from .vae import VAE
-
     if type(elbo) not in _ANALYTIC_KL:
         return False
     if elbo.num_particles > 1 and not elbo.vectorize_particles:
@@ -114,8 +116,6 @@ def direct_loss(
     """
     if not _static_ok(vae, elbo):
         return None
-    from .evaluate import fork_rng
-
     device = x.device
     with fork_rng(device), torch.no_grad():
         if not _structure_ok(vae, x, num_data):
@@ -142,8 +142,6 @@ def direct_loss(
 
 class _DirectLoss:
     def __init__(self, vae, num_particles: int, analytic_kl: bool) -> None:
-        from .priors import StandardNormalPrior
-
         self.vae = vae
         self.num_particles = int(num_particles)
         self.analytic_kl = analytic_kl
@@ -222,7 +220,7 @@ def _diagonal_normal(q) -> tuple[torch.Tensor, torch.Tensor] | None:
 def pyro_is_idle() -> bool:
     """No Pyro handler is active (a user's ``poutine.scale`` around ``train`` would change what
     the Pyro program computes, so the direct loss must not stand in for it)."""
-    return not _PYRO_STACK
+    return not am_i_wrapped()
 
 
 #: Pyro's validation runs on the first step and on every this-many-th after it (see training_loss)
