@@ -63,8 +63,10 @@ def save_checkpoint(
     history: list[dict] | None = None,
     train_config: TrainConfig | None = None,
     rng_state: dict[str, Any] | None = None,
+    estimator_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically, and ``config.json`` beside it."""
+    """Write a checkpoint atomically, and ``config.json`` beside it. ``estimator_state``: the
+    ELBO's own state where it has one (``Score_ELBO``'s baseline), restored on resume."""
     path = Path(path)
     ckpt = {
         "format": FORMAT,
@@ -76,6 +78,7 @@ def save_checkpoint(
         "epoch": int(epoch),
         "history": list(history or []),
         "rng": rng_state if rng_state is not None else get_rng_state(),
+        "estimator": estimator_state,
     }
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
     save_config(path.parent / CONFIG_NAME, vae.config, train_config)

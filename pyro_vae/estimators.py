@@ -466,6 +466,19 @@ class Score_ELBO(_PerDatapointELBO):
     def bound(self, log_w: torch.Tensor) -> torch.Tensor:
         return log_w.mean(0)
 
+    def state_dict(self) -> dict:
+        """The decaying-average baseline (``{"average": None}`` before the first step), saved in
+        ``train``'s checkpoints so that a resumed run continues with the same baseline."""
+        return {"average": None if self._average is None else self._average.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        average = state.get("average")
+        if average is not None and not isinstance(average, torch.Tensor):
+            raise TypeError(
+                f"Score_ELBO state: 'average' must be a tensor or None, got {average!r}"
+            )
+        self._average = average
+
     def log_weights(self, model, guide, *args, **kwargs) -> LogWeights:
         return super().log_weights(model, _ScoreFunctionSites()(guide), *args, **kwargs)
 

@@ -328,6 +328,8 @@ def train(
             set_rng_state(ckpt["rng"])
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
+        if ckpt.get("estimator") is not None and hasattr(elbo, "load_state_dict"):
+            elbo.load_state_dict(ckpt["estimator"])
         if main:
             _write_metrics(out, history)
     else:
@@ -437,6 +439,7 @@ def train(
                 history=history,
                 train_config=config,
                 rng_state=get_rng_state(),
+                estimator_state=elbo.state_dict() if hasattr(elbo, "state_dict") else None,
             )
             _write_metrics(out, history)
         if main:

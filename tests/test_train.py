@@ -40,6 +40,27 @@ def test_train_writes_metrics_checkpoint_and_config(tmp_path):
     assert ckpt["epoch"] == 3 and ckpt["history"] == res.history
 
 
+def test_resume_restores_the_score_estimators_baseline(tmp_path):
+    """Score_ELBO with K = 1 keeps a decaying average of past ELBOs as its baseline: a resumed run
+    must continue from the saved average, not from 0, to end where an uninterrupted one does."""
+    from dataclasses import replace
+
+    x, _ = _data(64)
+    cfg = pv.TrainConfig(
+        epochs=2, batch_size=16, lr=0.01, elbo="score", eval_every=0, progress=False
+    )
+    a = _vae()
+    pv.train(a, x, None, cfg, out_dir=tmp_path / "a")
+    b = _vae()
+    pv.train(b, x, None, replace(cfg, epochs=1), out_dir=tmp_path / "b")
+    saved = pv.load_checkpoint(tmp_path / "b")["estimator"]
+    assert isinstance(saved["average"], torch.Tensor) and saved["average"].dim() == 0
+    c = _vae(seed=5)
+    pv.train(c, x, None, cfg, out_dir=tmp_path / "b", resume=True)
+    for (n, p), q in zip(a.state_dict().items(), c.state_dict().values()):
+        assert torch.equal(p, q), n
+
+
 def test_train_elbo_is_per_datapoint_and_matches_evaluation():
     x, _ = _data(256)
     vae = _vae()
