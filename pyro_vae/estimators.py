@@ -468,7 +468,9 @@ class Score_ELBO(_PerDatapointELBO):
 
     def state_dict(self) -> dict:
         """The decaying-average baseline (``{"average": None}`` before the first step), saved in
-        ``train``'s checkpoints so that a resumed run continues with the same baseline."""
+        ``train``'s checkpoints so that a resumed run continues with the same baseline. (Under
+        ``distributed`` each rank keeps its own average; the checkpoint holds rank 0's, which
+        every rank resumes from.)"""
         return {"average": None if self._average is None else self._average.detach().cpu()}
 
     def load_state_dict(self, state: dict) -> None:

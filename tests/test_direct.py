@@ -237,3 +237,97 @@ def test_train_with_and_without_the_fast_path_ends_at_the_same_parameters(estima
     for name, value in fast_state.items():
         torch.testing.assert_close(value, slow_state[name], rtol=1e-4, atol=1e-5, msg=name)
     assert fast_hist == pytest.approx(slow_hist, rel=1e-5)
+
+
+def test_vectorized_particles_without_max_plate_nesting_keep_the_random_stream():
+    """Pyro guesses max_plate_nesting with one guide run on its first call: the probe must not
+    spend that draw, nor let it shift the compared runs (a false 'differs' warning before)."""
+    x = _x()
+    runs = []
+    for fast in (True, False):
+        vae = _vae()
+        elbo = infer.Trace_ELBO(num_particles=4, vectorize_particles=True)
+        loss = training_loss(elbo, vae, fast_path=fast)
+        torch.manual_seed(0)
+        runs.append([float(loss(vae.model, vae.guide, x, 100).detach()) for _ in range(3)])
+        assert elbo.max_plate_nesting < float("inf")  # guessed by the first step, as without
+        assert loss.uses_direct() is fast
+    assert runs[0] == pytest.approx(runs[1], rel=1e-5)
+
+
+class _ScoreCarryingNormal(dist.TorchDistribution):
+    """Reparameterized, yet with a score-function term in its score parts (like a rejection
+    sampler): the gradient of Trace_ELBO includes that term, the direct loss could not."""
+
+    has_rsample = True
+
+    def __init__(self, base):
+        self.base_dist = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.base_dist.support
+
+    def expand(self, batch_shape, _instance=None):
+        return _ScoreCarryingNormal(self.base_dist.expand(batch_shape))
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.base_dist.rsample(sample_shape)
+
+    def log_prob(self, value):
+        return self.base_dist.log_prob(value)
+
+    def score_parts(self, value):
+        log_prob = self.log_prob(value)
+        return pyro.distributions.score_parts.ScoreParts(log_prob, log_prob, log_prob)
+
+
+class _ScoreCarryingGuide(pv.guides.NormalGuide):
+    def forward(self, x):
+        return _ScoreCarryingNormal(super().forward(x))
+
+
+def test_refuses_a_guide_with_a_score_function_term():
+    vae = pv.VAE(6, 3, (8,), guide=_ScoreCarryingGuide(6, 3, (8,), "relu"))
+    assert direct_loss(vae, pv.make_elbo("trace"), _x(), 100) is None
+
+
+class _GlobalGuide(pv.guides.Guide):
+    """One q(z) for every datapoint, batch shape [1]: Pyro's plate draws one z per datapoint,
+    a direct draw from q would give one z for the whole batch."""
+
+    def __init__(self, x_dim, z_dim):
+        super().__init__(x_dim, z_dim)
+        self.loc = torch.nn.Parameter(torch.zeros(1, z_dim))
+
+    def forward(self, x):
+        return dist.Normal(self.loc, torch.ones_like(self.loc)).to_event(1)
+
+
+def test_a_guide_that_is_not_per_datapoint_gets_pyros_loss():
+    vae = pv.VAE(6, 3, (8,), guide=_GlobalGuide(6, 3))
+    elbo = pv.make_elbo("trace")
+    x = _x()
+    assert direct_loss(vae, elbo, x, 100) is None
+    # A first batch of one row cannot tell: the probe accepts it, and the first larger batch
+    # falls back to Pyro's loss for good, before drawing anything.
+    loss = training_loss(elbo, vae, first_step=1)
+    loss(vae.model, vae.guide, x[:1], 100)
+    assert loss.uses_direct()
+    torch.manual_seed(0)
+    got = loss(vae.model, vae.guide, x, 100).detach()
+    assert not loss.uses_direct()
+    torch.manual_seed(0)
+    expected = elbo.differentiable_loss(vae.model, vae.guide, x, num_data=100).detach()
+    torch.testing.assert_close(got, expected)
+
+
+def test_probe_waits_for_a_step_without_a_handler(recwarn):
+    vae, x = _vae(), _x()
+    loss = training_loss(pv.make_elbo("trace"), vae, first_step=1)
+    with poutine.scale(scale=2.0):
+        loss(vae.model, vae.guide, x, 100)
+    assert not loss.uses_direct() and not recwarn.list
+    loss(vae.model, vae.guide, x, 100)
+    assert loss.uses_direct()
