@@ -87,8 +87,8 @@ def without_direct(step):
 
 VARIANTS = {
     # name: description; make_variant builds each (None where it does not apply)
-    "stock": "the library as train() runs it: pyro_vae.direct's loss for trace/meanfield between "
-    "Pyro-run steps validated every 50th (other estimators: the Pyro program on every step)",
+    "stock": "the library as train() runs it: pyro_vae.direct's loss for trace/meanfield/iwae "
+    "between Pyro-run steps validated every 50th (other estimators: the Pyro program)",
     "pyro-program": "the Pyro program on every step (Trace_ELBO.differentiable_loss), validated "
     "every 50th, no pyro.module in between: the library before pyro_vae.direct",
     "pyro-validated": "TrainConfig(fast_path=False): the Pyro program, validated, on every step",
@@ -123,7 +123,7 @@ def make_variant(variant: str, est: str, k: int, vae):
         return library_step(make_elbo(est, k), vae, fast_path=False)
     step = library_step(make_elbo(est, k), vae)
     if variant == "pyro-program":
-        if est not in ("trace", "meanfield"):
+        if est not in ("trace", "meanfield", "iwae"):
             return None  # no direct loss to refuse: the same as stock
         return without_direct(step)
     return step

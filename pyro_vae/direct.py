@@ -1,4 +1,4 @@
-"""The VAE's ``Trace_ELBO`` / ``TraceMeanField_ELBO`` loss, evaluated without Pyro's interpreter.
+"""The VAE's training loss, evaluated without Pyro's interpreter.
 
 Pyro runs ``model`` and ``guide`` as a program at every step: it builds traces, replays the model
 on the guide's draws, broadcasts through the data plate and collects each site's log density.
@@ -7,8 +7,12 @@ training time, see ``benchmarks/RESULTS.md``). For the VAE's own program, whose 
 fixed, the same surrogate loss can be written down directly::
 
     z ~ q(z | x)  (one reparameterized draw per datapoint and particle: [K, B, z_dim])
-    trace:      loss = -(1/K) sum_k sum_n s * (log p(x_n | z_nk) + log p(z_nk) - log q(z_nk | x_n))
-    meanfield:  loss = -(1/K) sum_k sum_n s * log p(x_n | z_nk)  +  sum_n s * KL(q(z | x_n) || p(z))
+    log w_nk = log p(x_n | z_nk) + log p(z_nk) - log q(z_nk | x_n)
+    trace (Pyro's Trace_ELBO):  loss = -(1/K) sum_k sum_n s * log w_nk
+    meanfield (Pyro's TraceMeanField_ELBO):
+        loss = -(1/K) sum_k sum_n s * log p(x_n | z_nk)  +  sum_n s * KL(q(z | x_n) || p(z))
+    iwae, renyi (ours):  loss = -sum_n s * bound_n(log w_n1..log w_nK),
+        e.g. bound_n = logsumexp_k log w_nk - log K for iwae
 
 with s = N / B the data plate's subsampling scale. It calls the same modules and makes the same
 random draws as Pyro (one reparameterized draw from the guide), so the value, the gradients and
@@ -22,7 +26,8 @@ in closed form; other components are used through their distributions' ``log_pro
 :func:`direct_loss` has checked, on the first batch, that the Pyro program has exactly this
 structure and gives the same loss; anything else (a subclassed model or guide, a prior or
 likelihood with sample or param sites of its own, a guide without ``rsample``, an active Pyro
-handler, another estimator) runs the Pyro program at every step. ``TrainConfig(fast_path=False)``
+handler, an estimator with its own gradient such as ``stl``, ``dreg``, ``tail_adaptive`` or
+``score``) runs the Pyro program at every step. ``TrainConfig(fast_path=False)``
 (``--no-fast-path``) runs the Pyro program, validated, at every step.
 
 Measured (``benchmarks/RESULTS.md``, a 784-8-2 network where tensor work is negligible): the
@@ -46,18 +51,34 @@ from pyro.distributions.util import is_identically_zero
 from pyro.poutine.runtime import am_i_wrapped
 from torch.distributions import kl_divergence
 
+from .estimators import _PerDatapointELBO
 from .evaluate import fork_rng
 from .priors import StandardNormalPrior
 from .vae import VAE
 
 __all__ = ["direct_loss", "training_loss", "NotApplicable", "VALIDATE_EVERY"]
 
-# Pyro's own classes only: a subclass may change the loss.
-_ANALYTIC_KL = {infer.Trace_ELBO: False, infer.TraceMeanField_ELBO: True}
+
+def _kind(elbo) -> str | None:
+    """ "trace", "meanfield", "bound" (an estimator of ours whose loss is -scale * sum_n
+    bound(log_w)_n with the plain reparameterized gradient: iwae, renyi) or None."""
+    # Exact classes only: a subclass may change the loss.
+    if type(elbo) is infer.Trace_ELBO:
+        return "trace"
+    if type(elbo) is infer.TraceMeanField_ELBO:
+        return "meanfield"
+    cls = type(elbo)
+    if (
+        isinstance(elbo, _PerDatapointELBO)
+        and cls.differentiable_loss is _PerDatapointELBO.differentiable_loss
+        and cls.log_weights is _PerDatapointELBO.log_weights
+    ):
+        return "bound"
+    return None
 
 
 def _static_ok(vae, elbo) -> bool:
-    if type(elbo) not in _ANALYTIC_KL:
+    if _kind(elbo) is None:
         return False
     if elbo.num_particles > 1 and not elbo.vectorize_particles:
         return False
@@ -116,7 +137,7 @@ def direct_loss(
     Args:
         vae: a :class:`~pyro_vae.VAE`.
         elbo: Pyro's ``Trace_ELBO`` or ``TraceMeanField_ELBO`` (any ``num_particles``,
-            vectorized); anything else gives None.
+            vectorized), or our ``IWAE_ELBO`` / ``Renyi_ELBO``; anything else gives None.
         x: a batch ``[B, x_dim]`` on which the Pyro program is traced once and both losses are
             compared on the same random draws (the global random state is left as it was).
         num_data: the data-set size N (the plate's scale is N / B).
@@ -133,7 +154,7 @@ def direct_loss(
     with fork_rng(device), torch.no_grad():
         if not _structure_ok(vae, x, num_data):
             return None
-    loss = _DirectLoss(vae, elbo.num_particles, _ANALYTIC_KL[type(elbo)])
+    loss = _DirectLoss(vae, elbo)
     # With vectorized particles and no max_plate_nesting, Pyro's first call runs the guide once
     # to guess it: that draw must not shift the compared runs, and the guess is left to the
     # first training step, as it would be without the fast path.
@@ -169,10 +190,14 @@ class NotApplicable(ValueError):
 
 
 class _DirectLoss:
-    def __init__(self, vae, num_particles: int, analytic_kl: bool) -> None:
+    def __init__(self, vae, elbo) -> None:
         self.vae = vae
-        self.num_particles = int(num_particles)
-        self.analytic_kl = analytic_kl
+        self.num_particles = int(elbo.num_particles)
+        self.kind = _kind(elbo)
+        self.analytic_kl = self.kind == "meanfield"
+        # The per-datapoint bound of our own estimators (iwae, renyi), over log_w [K, B].
+        self.bound = elbo.bound if self.kind == "bound" else None
+        self.name = type(elbo).__name__
         self.standard_prior = type(vae.prior) is StandardNormalPrior
 
     def __call__(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
@@ -186,18 +211,22 @@ class _DirectLoss:
                 f"the guide's distribution has batch shape {tuple(q.batch_shape)} for a batch of "
                 f"{batch}: the direct loss needs one q(z | x_n) per datapoint; use Pyro's loss"
             )
+        # Pyro's particle plate gives z [K, B, z_dim] for K > 1, and our per-datapoint
+        # estimators always have the K dimension.
+        particles = (k,) if k > 1 or self.bound is not None else ()
         gaussian = _diagonal_normal(q)
         eps = None
         if gaussian is not None:
             loc, s = gaussian
             # The very draw torch's Normal.rsample makes; eps is kept for log q(z) below.
-            shape = (k, *loc.shape) if k > 1 else loc.shape
-            eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
+            eps = torch.randn((*particles, *loc.shape), dtype=loc.dtype, device=loc.device)
             z = loc + eps * s
         else:
-            z = q.rsample((k,)) if k > 1 else q.rsample()
+            z = q.rsample(particles)
         log_px = vae.likelihood(vae.decoder(z)).log_prob(x)
         elbo = log_px + self._latent_term(q, z, gaussian, eps)  # [B] or [K, B]
+        if self.bound is not None:  # as _PerDatapointELBO.differentiable_loss
+            return -scale * self.bound(elbo).sum()
         elbo = (elbo if scale == 1.0 else elbo * scale).sum()
         return -elbo / k if k > 1 else -elbo
 
@@ -232,8 +261,7 @@ class _DirectLoss:
         return log_pz - log_q
 
     def __repr__(self) -> str:
-        kind = "TraceMeanField_ELBO" if self.analytic_kl else "Trace_ELBO"
-        return f"direct {kind}(num_particles={self.num_particles})"
+        return f"direct {self.name}(num_particles={self.num_particles})"
 
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -275,7 +303,7 @@ def training_loss(elbo, vae=None, fast_path: bool = True, first_step: int = 0) -
     as Pyro runs it. The steps between run on data of the same shape (``train`` checks the data
     once) without Pyro's validation (~10% of a CPU step) and, with ``vae`` given, without running
     the Pyro program at all where :func:`direct_loss` found on the first batch that it gives the
-    same loss (Pyro's ``Trace_ELBO`` / ``TraceMeanField_ELBO`` on the VAE's own program: ~10%
+    same loss (``trace``, ``meanfield``, ``iwae``, ``renyi`` on the VAE's own program: ~10%
     more), or else without ``pyro.module`` for a non-JIT estimator (~5%; the torch optimizer
     holds ``vae.parameters()``). A NaN the skipped checks would have caught still stops training
     within ``VALIDATE_EVERY`` steps (the next validated step or the finite-loss check), and the

@@ -1,6 +1,8 @@
-"""The direct (interpreter-free) Trace_ELBO / TraceMeanField_ELBO loss against Pyro's own.
+"""The direct (interpreter-free) loss against the Pyro program's, for Trace_ELBO,
+TraceMeanField_ELBO and our IWAE / Renyi bounds.
 
-Reference: Pyro's ``differentiable_loss`` on the VAE's program, on the same random draws. The
+Reference: the estimator's ``differentiable_loss`` on the VAE's Pyro program, on the same random
+draws. The
 direct loss must give the same value and gradients and consume the random stream identically,
 for every built-in prior x likelihood x guide, and must refuse (return None) wherever it would
 compute something else.
@@ -45,14 +47,16 @@ def _loss_grads_and_rng(fn, vae, seed=7):
 
 
 @pytest.mark.parametrize("num_particles", [1, 3])
-@pytest.mark.parametrize("estimator", ["trace", "meanfield"])
+@pytest.mark.parametrize("estimator", ["trace", "meanfield", "iwae", "renyi"])
 @pytest.mark.parametrize(
     "prior,likelihood,guide", list(itertools.product(PRIORS, LIKELIHOODS, GUIDES))
 )
 def test_same_loss_gradients_and_random_stream_as_pyro(
     prior, likelihood, guide, estimator, num_particles
 ):
-    vae, x = _vae(prior, likelihood, guide), _x()
+    # float64, so that a real difference is not lost in float32 rounding (which reaches ~1e-4
+    # on some gradients of the continuous Bernoulli's normalizer): agreement to ~1e-12 expected.
+    vae, x = _vae(prior, likelihood, guide).double(), _x().double()
     elbo = pv.make_elbo(estimator, num_particles)
     num_data = 250
     direct = direct_loss(vae, elbo, x, num_data)
@@ -61,10 +65,10 @@ def test_same_loss_gradients_and_random_stream_as_pyro(
         lambda: elbo.differentiable_loss(vae.model, vae.guide, x, num_data=num_data), vae
     )
     got, grads, rng = _loss_grads_and_rng(lambda: direct(x, num_data), vae)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-9)
     assert grads.keys() == expected_grads.keys() and grads
     for name, g in grads.items():
-        torch.testing.assert_close(g, expected_grads[name], rtol=1e-4, atol=1e-4, msg=name)
+        torch.testing.assert_close(g, expected_grads[name], rtol=1e-8, atol=1e-9, msg=name)
     assert torch.equal(rng, expected_rng), "the direct loss drew different random numbers"
 
 
@@ -134,8 +138,10 @@ class _NoRsampleGuide(pv.guides.NormalGuide):
 @pytest.mark.parametrize(
     "case",
     [
-        "iwae",
         "stl",
+        "dreg",
+        "tail_adaptive",
+        "score",
         "tracegraph",
         "jit",
         "unvectorized particles",
@@ -150,7 +156,7 @@ def test_refuses_what_it_would_compute_differently(case):
     x = _x()
     vae = _vae()
     elbo = pv.make_elbo("trace")
-    if case in ("iwae", "stl"):
+    if case in ("stl", "dreg", "tail_adaptive", "score"):
         elbo = pv.make_elbo(case, 2)
     elif case == "tracegraph":
         elbo = pv.make_elbo("tracegraph")
