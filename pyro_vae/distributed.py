@@ -228,7 +228,8 @@ class ELBOLoss(nn.Module):
 
     With ``fast_path=True`` the calls follow :func:`~pyro_vae.direct.training_loss` (what
     ``train`` uses): the same loss, with Pyro's validation only on every 50th call and, for
-    ``trace``/``meanfield`` on the VAE's own program, the Pyro program run only on those calls.
+    ``trace``, ``meanfield``, ``iwae`` and ``renyi`` on the VAE's own program, the Pyro program
+    run only on those calls.
     """
 
     def __init__(

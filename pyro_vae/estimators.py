@@ -133,7 +133,7 @@ class _NoRsample(TorchDistribution):
         return self.base_dist.support
 
     def expand(self, batch_shape, _instance=None):
-        return _NoRsample(self.base_dist.expand(batch_shape))
+        return type(self)(self.base_dist.expand(batch_shape))
 
     def sample(self, sample_shape=torch.Size()):
         # A new tensor object, so that a flow's log_prob misses its (x, y) cache: the cache holds

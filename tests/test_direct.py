@@ -261,28 +261,14 @@ def test_vectorized_particles_without_max_plate_nesting_keep_the_random_stream()
     assert runs[0] == pytest.approx(runs[1], rel=1e-5)
 
 
-class _ScoreCarryingNormal(dist.TorchDistribution):
+class _ScoreCarryingNormal(pv.estimators._NoRsample):
     """Reparameterized, yet with a score-function term in its score parts (like a rejection
     sampler): the gradient of Trace_ELBO includes that term, the direct loss could not."""
 
     has_rsample = True
 
-    def __init__(self, base):
-        self.base_dist = base
-        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
-
-    @property
-    def support(self):
-        return self.base_dist.support
-
-    def expand(self, batch_shape, _instance=None):
-        return _ScoreCarryingNormal(self.base_dist.expand(batch_shape))
-
     def rsample(self, sample_shape=torch.Size()):
         return self.base_dist.rsample(sample_shape)
-
-    def log_prob(self, value):
-        return self.base_dist.log_prob(value)
 
     def score_parts(self, value):
         log_prob = self.log_prob(value)
