@@ -1,0 +1,71 @@
+"""The whole MNIST test set's K-sample log-likelihood, measured (not extrapolated) for one model.
+
+    python examples/mnist_svi.py                          # trains runs/mnist (the default run)
+    python benchmarks/full_test_set.py --run runs/mnist   # 10,000 images at K = 5000
+    python benchmarks/full_test_set.py --smoke            # an untrained model, 64 images, K = 50
+
+Times ``pv.log_likelihood(vae.model, vae.guide, test, num_samples=K)`` with the library's default
+batching on the test set binarized once (``binarize_static``), and prints wall and CPU seconds
+and the mean log-likelihood. bench_eval.py's whole-test-set figure is an extrapolation from a
+probe; this is the check of it (about 15 min on one CPU thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment, load_images, sync  # noqa: E402
+
+import pyro_vae as pv  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, default=Path("runs/mnist"), help="a trained run folder")
+    p.add_argument("--samples", type=int, default=5000, help="K")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--smoke", action="store_true", help="untrained model, 64 images, K = 50")
+    args = p.parse_args(argv)
+    device = pv.resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    if args.smoke:
+        torch.manual_seed(0)
+        vae = pv.VAE(784, 8, (32,))
+        test = pv.binarize_static(load_images(True, torch.device("cpu"), n_test=64)[1])
+        args.samples = 50
+    else:
+        vae = pv.load_model(args.run)
+        test = pv.binarize_static(pv.load_dataset("mnist").test_x)
+    vae = vae.to(device).eval()
+    test = test.to(device)
+    print(f"# Whole test set, K = {args.samples}\n\n{environment(device)}\n")
+    sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    ll = pv.log_likelihood(vae.model, vae.guide, test, num_samples=args.samples)
+    sync(device)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    stderr = float(ll.std()) / len(ll) ** 0.5
+    result = {
+        "images": len(test),
+        "K": args.samples,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "log_likelihood": float(ll.mean()),
+        "stderr": stderr,
+    }
+    print(
+        f"{len(test)} images at K = {args.samples}: {wall:.1f} s wall, {cpu:.1f} s CPU; mean "
+        f"log-likelihood {result['log_likelihood']:.3f} nats (standard error {stderr:.3f})"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
