@@ -245,6 +245,23 @@ def load_images(smoke: bool, device: torch.device, n_train: int = 1024, n_test: 
     return data.train_x.to(device), data.test_x.to(device)
 
 
+def add_timing_args(parser) -> None:
+    """``--threads`` and ``--clock``, which :func:`setup_clock` applies."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: 1 with --clock cpu, else torch's)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default=None,
+        help="cpu: process CPU seconds (default on CPU: robust on a shared machine); "
+        "wall: perf_counter (default on CUDA, with synchronize)",
+    )
+
+
 def setup_clock(args, device: torch.device) -> None:
     """``args.clock``: "cpu" by default on CPU, "wall" on CUDA (CPU time would not count the
     GPU's). With the CPU clock torch runs 1 thread (unless ``--threads``): process CPU time is

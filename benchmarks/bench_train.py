@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     RefVAE,
+    add_timing_args,
     calibrate,
     environment,
     fmt_num,
@@ -356,19 +357,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 2 rounds (CI, < 20 s)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch.set_num_threads (default: 1 with --clock cpu, else torch's)",
-    )
-    p.add_argument(
-        "--clock",
-        choices=["cpu", "wall"],
-        default=None,
-        help="cpu: process CPU seconds (default on CPU: robust on a shared machine); "
-        "wall: perf_counter (default on CUDA, with synchronize)",
-    )
+    add_timing_args(p)
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--block-s", type=float, default=None, help="seconds per timed block")
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
