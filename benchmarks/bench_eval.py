@@ -43,7 +43,7 @@ from _common import (  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae import VAE, log_likelihood  # noqa: E402
-from pyro_vae.evaluate import DEFAULT_MAX_ELEMENTS, MIN_CHUNK  # noqa: E402
+from pyro_vae.infer.evaluate import DEFAULT_MAX_ELEMENTS, MIN_CHUNK  # noqa: E402
 
 #: whole batches of the full run's batch size that the whole-test-set probe evaluates
 FULL_PROBE_BATCHES = 2

@@ -5,7 +5,7 @@ the batch from the device-resident data, dynamic binarization, zero_grad, loss, 
 step), the library's step first and the reference's next, interleaved over rounds, and reports the
 paired per-round ratio  images/s (Pyro) / images/s (reference)  as median [q1, q3].
 
-Variants of the library's step show what its fast path (``pyro_vae.direct``) saves and where
+Variants of the library's step show what its fast path (``pyro_vae.training.fast_path``) saves and where
 Pyro's time goes; see RESULTS.md. Then seconds per MNIST epoch: ``pyro_vae.train`` (1 epoch)
 against the reference's epoch loop, interleaved.
 
@@ -59,7 +59,7 @@ ESTIMATORS = {  # label -> (make_elbo name, K, reference loss)
 # -- the library's step, and variants of it -------------------------------------------------------
 def library_step(elbo, vae, **kwargs):
     """``pyro_vae.train._loss_fn(elbo, vae)``: the step ``train()`` runs, as ``step(x, n)``."""
-    from pyro_vae.train import _loss_fn
+    from pyro_vae.training.loop import _loss_fn
 
     loss_fn = _loss_fn(elbo, vae, **kwargs)
 
@@ -71,14 +71,14 @@ def library_step(elbo, vae, **kwargs):
 
 
 def without_direct(step):
-    """``step`` with pyro_vae.direct's loss refused at its first-call probe: every step then runs
+    """``step`` with pyro_vae.training.fast_path's loss refused at its first-call probe: every step then runs
     the Pyro program (the library before the direct loss, validated every 50th step)."""
     first = [True]
 
     def wrapped(x, num_data):
         if first[0]:
             first[0] = False
-            with mock.patch("pyro_vae.direct.direct_loss", return_value=None):
+            with mock.patch("pyro_vae.training.fast_path.direct_loss", return_value=None):
                 return step(x, num_data)
         return step(x, num_data)
 
@@ -88,10 +88,10 @@ def without_direct(step):
 
 VARIANTS = {
     # name: description; make_variant builds each (None where it does not apply)
-    "stock": "the library as train() runs it: pyro_vae.direct's loss for trace/meanfield/iwae "
+    "stock": "the library as train() runs it: pyro_vae.training.fast_path's loss for trace/meanfield/iwae "
     "between Pyro-run steps validated every 50th (other estimators: the Pyro program)",
     "pyro-program": "the Pyro program on every step (Trace_ELBO.differentiable_loss), validated "
-    "every 50th, no pyro.module in between: the library before pyro_vae.direct",
+    "every 50th, no pyro.module in between: the library before pyro_vae.training.fast_path",
     "pyro-validated": "TrainConfig(fast_path=False): the Pyro program, validated, on every step",
     "jit": "make_elbo(..., jit=True): Pyro's JitTrace(MeanField)_ELBO (trace, meanfield only)",
     "compile": "torch.compile(elbo.differentiable_loss), validation off (trace only; opt-in: "

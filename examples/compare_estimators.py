@@ -22,7 +22,7 @@ import argparse
 import sys
 
 import pyro_vae as pv
-from pyro_vae.cli import (
+from pyro_vae.experiments.cli import (
     add_architecture_arguments,
     add_data_arguments,
     apply_preset,
@@ -31,8 +31,8 @@ from pyro_vae.cli import (
     non_negative_int,
     positive,
 )
-from pyro_vae.compare import CompareConfig, compare_estimators, parse_estimators
-from pyro_vae.experiment import PRESETS
+from pyro_vae.experiments.compare import CompareConfig, compare_estimators, parse_estimators
+from pyro_vae.experiments.run import PRESETS
 
 DEFAULT_ESTIMATORS = "trace,iwae:5,stl,dreg:5"
 

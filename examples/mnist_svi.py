@@ -18,20 +18,20 @@ import argparse
 import sys
 
 import pyro_vae as pv
-from pyro_vae.cli import (
+from pyro_vae.experiments.cli import (
     add_architecture_arguments,
     add_data_arguments,
     apply_preset,
     explicit_dests,
     positive,
 )
-from pyro_vae.distributed import (
+from pyro_vae.experiments.run import PRESETS, run_experiment
+from pyro_vae.training.distributed import (
     DEFAULT_TIMEOUT,
     DistributedError,
     init_distributed,
     shutdown_distributed,
 )
-from pyro_vae.experiment import PRESETS, run_experiment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-fast-path",
         action="store_true",
-        help="run the Pyro program, validated, at every training step (see pyro_vae.direct)",
+        help="run the Pyro program, validated, at every training step (see the README)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")

@@ -2,181 +2,105 @@
 
 Swap the prior or the likelihood in a function, measure the log-likelihood honestly, compare
 ELBO estimators side by side.
+
+The names here are the verbs and classes a user types. Components sit one level down, by kind:
+``pv.priors.VampPrior``, ``pv.likelihoods.LaplaceLikelihood``, ``pv.guides.IAFGuide``,
+``pv.estimators.DReG_ELBO``, ``pv.networks.MLP``. The layers are subpackages
+(``model`` <- ``infer`` <- ``training`` <- ``experiments``; ``data`` is a leaf), and
+``experiments`` (the flagship harness and the figures, which need matplotlib) is imported only
+when one of its names is first used.
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from .compare import (
-    CompareConfig,
-    ComparisonResult,
-    EstimatorSpec,
-    compare_estimators,
-    parse_estimators,
-)
-from .config import ModelConfig, TrainConfig, load_config, save_config
+from ._device import resolve_device
 from .data import (
-    DATASETS,
     CorruptDataError,
     DatasetNotFoundError,
-    DatasetWarning,
     ImageData,
-    as_tensor,
     binarize,
     binarize_static,
-    default_cache_dir,
     load_dataset,
-    read_idx,
 )
-from .direct import direct_loss
-from .distributed import (
-    DistributedContext,
-    DistributedError,
-    ELBOLoss,
-    evaluate_distributed,
-    init_distributed,
-    shutdown_distributed,
-)
-from .estimators import (
-    ESTIMATORS,
-    IWAE_ELBO,
-    STL_ELBO,
-    DReG_ELBO,
-    Renyi_ELBO,
-    Score_ELBO,
-    TailAdaptive_ELBO,
-    make_elbo,
-    tail_adaptive_weights,
-)
-from .evaluate import LogLikelihood, active_units, evaluate, kl_to_prior, log_likelihood
-from .gradients import GradientSNR, default_param_groups, gradient_snr
-from .guides import GUIDES, Guide, IAFGuide, NormalGuide, make_guide
-from .importance import vectorized_log_weights
-from .likelihoods import (
-    LIKELIHOODS,
-    BernoulliLikelihood,
-    ContinuousBernoulliLikelihood,
-    GaussianLikelihood,
-    LaplaceLikelihood,
-    LearnedGaussianLikelihood,
-    Likelihood,
-    make_likelihood,
-)
-from .networks import MLP
-from .plots import (
-    pca_project,
-    plot_image_grid,
-    plot_latent_space,
-    plot_log_likelihood_curves,
-    plot_manifold,
-    plot_reconstructions,
-    plot_snr_vs_k,
-    plot_training_curves,
-)
-from .priors import (
-    PRIORS,
-    LearnedNormalPrior,
-    MixturePrior,
-    Prior,
-    StandardNormalPrior,
-    VampPrior,
-    make_prior,
-)
-from .train import TrainingDiverged, TrainResult, resolve_device, train
-from .vae import VAE
+from .infer import estimators
+from .infer.estimators import ESTIMATORS, make_elbo
+from .infer.evaluate import evaluate, log_likelihood
+from .infer.gradients import gradient_snr
+from .infer.log_weights import LogWeights, log_weights
+from .model import guides, likelihoods, networks, priors
+from .model.config import ModelConfig
+from .model.guides import GUIDES, Guide, make_guide
+from .model.likelihoods import LIKELIHOODS, Likelihood, make_likelihood
+from .model.priors import PRIORS, Prior, make_prior
+from .model.vae import VAE
+from .training.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from .training.config import TrainConfig, load_config, save_config
+from .training.loop import TrainingDiverged, TrainResult, train
 
 __version__ = "0.1.0"
 
+# Imported on first use: they pull in matplotlib and the experiment harness.
+_LAZY = {
+    "run_experiment": "pyro_vae.experiments.run",
+    "compare_estimators": "pyro_vae.experiments.compare",
+    "CompareConfig": "pyro_vae.experiments.compare",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pyro_vae' has no attribute {name!r}")
+
+
 __all__ = [
+    # the model and its components
     "VAE",
-    "MLP",
-    # priors
-    "Prior",
-    "StandardNormalPrior",
-    "LearnedNormalPrior",
-    "MixturePrior",
-    "VampPrior",
-    "PRIORS",
-    "make_prior",
-    # likelihoods
-    "Likelihood",
-    "BernoulliLikelihood",
-    "GaussianLikelihood",
-    "LearnedGaussianLikelihood",
-    "ContinuousBernoulliLikelihood",
-    "LaplaceLikelihood",
-    "LIKELIHOODS",
-    "make_likelihood",
-    # guides
-    "Guide",
-    "NormalGuide",
-    "IAFGuide",
-    "GUIDES",
-    "make_guide",
-    # estimators and evaluation
-    "ESTIMATORS",
-    "IWAE_ELBO",
-    "STL_ELBO",
-    "DReG_ELBO",
-    "Renyi_ELBO",
-    "TailAdaptive_ELBO",
-    "Score_ELBO",
-    "tail_adaptive_weights",
-    "gradient_snr",
-    "GradientSNR",
-    "default_param_groups",
-    "make_elbo",
-    "direct_loss",
-    "vectorized_log_weights",
-    "log_likelihood",
-    "LogLikelihood",
-    "evaluate",
-    "kl_to_prior",
-    "active_units",
-    # several processes
-    "DistributedContext",
-    "DistributedError",
-    "ELBOLoss",
-    "evaluate_distributed",
-    "init_distributed",
-    "shutdown_distributed",
-    # training, config, checkpoints
     "ModelConfig",
+    "Prior",
+    "Likelihood",
+    "Guide",
+    "PRIORS",
+    "LIKELIHOODS",
+    "GUIDES",
+    "make_prior",
+    "make_likelihood",
+    "make_guide",
+    "priors",
+    "likelihoods",
+    "guides",
+    "networks",
+    # inference and evaluation
+    "ESTIMATORS",
+    "estimators",
+    "make_elbo",
+    "log_weights",
+    "LogWeights",
+    "log_likelihood",
+    "evaluate",
+    "gradient_snr",
+    # training and checkpoints
     "TrainConfig",
-    "save_config",
-    "load_config",
     "train",
     "TrainResult",
     "TrainingDiverged",
-    "resolve_device",
+    "save_config",
+    "load_config",
     "save_checkpoint",
     "load_checkpoint",
     "load_model",
     "CheckpointError",
+    "resolve_device",
     # data
-    "DATASETS",
-    "ImageData",
     "load_dataset",
-    "read_idx",
+    "ImageData",
     "binarize",
     "binarize_static",
-    "as_tensor",
-    "default_cache_dir",
     "DatasetNotFoundError",
     "CorruptDataError",
-    "DatasetWarning",
-    # figures
-    "plot_training_curves",
-    "plot_image_grid",
-    "plot_reconstructions",
-    "plot_latent_space",
-    "plot_manifold",
-    "pca_project",
-    "plot_log_likelihood_curves",
-    "plot_snr_vs_k",
-    # estimator comparisons
+    # experiments (imported on first use)
+    "run_experiment",
     "compare_estimators",
     "CompareConfig",
-    "ComparisonResult",
-    "EstimatorSpec",
-    "parse_estimators",
     "__version__",
 ]

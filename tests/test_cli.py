@@ -4,7 +4,13 @@ import argparse
 
 import pytest
 
-from pyro_vae.cli import apply_preset, explicit_dests, int_list, non_negative_int, positive
+from pyro_vae.experiments.cli import (
+    apply_preset,
+    explicit_dests,
+    int_list,
+    non_negative_int,
+    positive,
+)
 
 
 def _parser():

@@ -1,4 +1,4 @@
-"""pyro_vae.compare and examples/compare_estimators.py: the estimator comparison harness."""
+"""pyro_vae.experiments.compare and examples/compare_estimators.py: the comparison harness."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import pyro_vae as pv
-from pyro_vae import compare
-from pyro_vae.compare import (
+from pyro_vae.experiments import compare
+from pyro_vae.experiments.compare import (
     CompareConfig,
     EstimatorSpec,
     compare_estimators,
@@ -339,7 +339,7 @@ def test_example_runs_end_to_end(example, monkeypatch, tmp_path):
         seen.update(name=name, data_dir=data_dir)
         return tiny_data(n=30, m=10, side=28, name=name)
 
-    monkeypatch.setattr("pyro_vae.compare.load_dataset", load)
+    monkeypatch.setattr("pyro_vae.experiments.compare.load_dataset", load)
     out = tmp_path / "run"
     result = example.main(
         [

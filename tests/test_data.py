@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import data
 from pyro_vae.data import (
     DATASETS,
     IDX_FILES,
@@ -38,6 +37,7 @@ from pyro_vae.data import (
     load_dataset,
     read_idx,
 )
+from pyro_vae.data import sources as data
 
 N_TRAIN, N_TEST = 30, 12
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import pyro_vae as pv
-from pyro_vae.direct import VALIDATE_EVERY, direct_loss, training_loss
+from pyro_vae.training.fast_path import VALIDATE_EVERY, direct_loss, training_loss
 
 PRIORS = ["normal", "learned_normal", "mixture", "vamp"]
 LIKELIHOODS = ["bernoulli", "gaussian", "learned_gaussian", "continuous_bernoulli", "laplace"]

@@ -27,7 +27,7 @@ import torch
 import torch.multiprocessing as mp
 
 import pyro_vae as pv
-from pyro_vae import distributed as pvd
+from pyro_vae.training import distributed as pvd
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "mnist_svi.py"
@@ -44,7 +44,7 @@ class DeltaGuide(pv.Guide):
 
     def __init__(self, x_dim: int, z_dim: int) -> None:
         super().__init__(x_dim, z_dim)
-        self.net = pv.MLP(x_dim, (8,), z_dim)
+        self.net = pv.networks.MLP(x_dim, (8,), z_dim)
 
     def forward(self, x):
         return dist.Delta(self.net(x), event_dim=1)
@@ -339,9 +339,9 @@ def test_torchrun_runs_the_example_on_two_processes(tmp_path):
 
 if __name__ == "__main__":
     # Under torchrun (see the test above): the example with synthetic images instead of MNIST.
-    import pyro_vae.experiment
+    import pyro_vae.experiments.run
 
-    pyro_vae.experiment.load_dataset = _fake_images
+    pyro_vae.experiments.run.load_dataset = _fake_images
     spec = importlib.util.spec_from_file_location("mnist_svi", SCRIPT)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)

@@ -15,7 +15,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 import pyro_vae as pv
-from pyro_vae.estimators import (
+from pyro_vae.infer.estimators import (
     ESTIMATORS,
     IWAE_ELBO,
     STL_ELBO,
@@ -148,7 +148,7 @@ def test_non_reparameterized_guide_is_refused_with_a_pointer_to_score():
 def test_iwae_loss_is_minus_the_sum_of_per_datapoint_bounds_on_the_same_draws(small_vae):
     vae, x = small_vae
     k = 7
-    lw = seeded(3, lambda: pv.vectorized_log_weights(vae.model, vae.guide, x, num_samples=k))
+    lw = seeded(3, lambda: pv.log_weights(vae.model, vae.guide, x, num_samples=k))
     per_datapoint = lw.log_w.detach().logsumexp(0) - math.log(k)
     assert per_datapoint.shape == (10,)
     loss = seeded(3, lambda: IWAE_ELBO(k).loss(vae.model, vae.guide, x))
@@ -317,7 +317,7 @@ def test_renyi_alpha_zero_is_iwae_in_value_and_gradient(small_vae):
 def test_renyi_is_the_per_datapoint_vr_bound_and_orders_between_iwae_and_elbo(small_vae):
     vae, x = small_vae
     k, n = 6, 70
-    lw = seeded(5, lambda: pv.vectorized_log_weights(vae.model, vae.guide, x, num_samples=k))
+    lw = seeded(5, lambda: pv.log_weights(vae.model, vae.guide, x, num_samples=k))
     for alpha in (-0.5, 0.5, 0.9, 2.0):
         manual = ((1 - alpha) * lw.log_w.detach()).logsumexp(0) - math.log(k)
         manual = manual / (1 - alpha)

@@ -133,7 +133,7 @@ def test_memory_is_bounded_by_chunking(lg, monkeypatch):
     """No single vectorized pass sees more than max_elements / (batch * D) samples."""
     vae, x = lg
     seen = []
-    module = sys.modules["pyro_vae.evaluate"]
+    module = sys.modules["pyro_vae.infer.evaluate"]
     orig = module.vectorized_log_weights
 
     def spy(*a, num_samples, **k):

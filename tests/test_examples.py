@@ -62,7 +62,7 @@ def fake_data(monkeypatch):
         seen.update(name=name, data_dir=data_dir)
         return _fake_data(name)
 
-    monkeypatch.setattr("pyro_vae.experiment.load_dataset", load)
+    monkeypatch.setattr("pyro_vae.experiments.run.load_dataset", load)
     return seen
 
 
@@ -255,7 +255,7 @@ def test_missing_dataset_is_a_clear_error(example, tmp_path, capsys, monkeypatch
     def missing(name, **kw):
         raise pv.DatasetNotFoundError(f"could not load {name}: tried data-dir, cache, download")
 
-    monkeypatch.setattr("pyro_vae.experiment.load_dataset", missing)
+    monkeypatch.setattr("pyro_vae.experiments.run.load_dataset", missing)
     with pytest.raises(SystemExit) as e:
         example.main([*SMALL, "--out", str(tmp_path)])
     assert e.value.code == 2 and "could not load mnist" in capsys.readouterr().err

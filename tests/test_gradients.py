@@ -10,8 +10,8 @@ import torch
 from test_estimators import lg_vae
 
 import pyro_vae as pv
-from pyro_vae.estimators import ESTIMATORS
-from pyro_vae.gradients import GradientSNR, default_param_groups, gradient_snr
+from pyro_vae.infer.estimators import ESTIMATORS
+from pyro_vae.infer.gradients import GradientSNR, default_param_groups, gradient_snr
 
 
 class ToyELBO:

@@ -19,7 +19,7 @@ def test_guide_shapes(name):
 @torch.no_grad()
 def test_iaf_density_integrates_to_one():
     torch.manual_seed(0)
-    g = pv.IAFGuide(3, 2, (8,), num_flows=2).double()
+    g = pv.guides.IAFGuide(3, 2, (8,), num_flows=2).double()
     q = g(torch.rand(1, 3, dtype=torch.float64))
     t = torch.linspace(-8, 8, 401, dtype=torch.float64)
     zz = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 1, 2)
@@ -28,9 +28,9 @@ def test_iaf_density_integrates_to_one():
 
 
 def test_iaf_is_more_expressive_than_its_gaussian_stage():
-    g = pv.IAFGuide(3, 2, (8,))
+    g = pv.guides.IAFGuide(3, 2, (8,))
     assert set(dict(g.named_parameters())) > set(
-        dict(pv.NormalGuide(3, 2, (8,)).named_parameters())
+        dict(pv.guides.NormalGuide(3, 2, (8,)).named_parameters())
     )
 
 
@@ -38,6 +38,6 @@ def test_unknown_guide_and_bad_flows():
     with pytest.raises(ValueError, match="unknown guide 'flow'.*iaf.*normal"):
         pv.make_guide("flow", 3, 2)
     with pytest.raises(ValueError, match="num_flows must be >= 1"):
-        pv.IAFGuide(3, 2, num_flows=0)
+        pv.guides.IAFGuide(3, 2, num_flows=0)
     with pytest.raises(ValueError, match="unknown activation 'sigmoid'"):
         pv.make_guide("normal", 3, 2, activation="sigmoid")

@@ -47,13 +47,13 @@ def test_gaussian_fixed_scale_is_the_identity_covariance_model():
 
 
 def test_learned_scales_are_parameters_with_a_floor():
-    lik = pv.LearnedGaussianLikelihood(3, init_scale=2.0, min_scale=0.1)
+    lik = pv.likelihoods.LearnedGaussianLikelihood(3, init_scale=2.0, min_scale=0.1)
     torch.testing.assert_close(lik.scale(), torch.full((3,), 2.0))
     with torch.no_grad():
         lik.raw_scale.fill_(-1e4)
     assert float(lik.scale().min().detach()) >= 0.1
     with pytest.raises(ValueError, match="init_scale must exceed min_scale"):
-        pv.LearnedGaussianLikelihood(3, init_scale=0.05, min_scale=0.1)
+        pv.likelihoods.LearnedGaussianLikelihood(3, init_scale=0.05, min_scale=0.1)
 
 
 def test_bernoulli_rejects_grayscale_with_a_fix():

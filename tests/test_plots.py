@@ -1,4 +1,4 @@
-"""Tests for pyro_vae.plots: every figure is a readable PNG, bad inputs fail clearly."""
+"""Tests for pyro_vae.experiments.plots: every figure is a readable PNG, bad inputs fail clearly."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import plots
-from pyro_vae.plots import (
+from pyro_vae.experiments import plots
+from pyro_vae.experiments.plots import (
     pca_project,
     plot_image_grid,
     plot_latent_space,
@@ -67,7 +67,7 @@ def test_never_imports_pyplot_or_switches_backend(tmp_path):
     code = (
         "import sys, matplotlib\n"
         "matplotlib.use('svg')\n"
-        "from pyro_vae.plots import plot_image_grid\n"
+        "from pyro_vae.experiments.plots import plot_image_grid\n"
         "plot_image_grid([[0.5] * 4], (2, 2), sys.argv[1])\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"

@@ -6,6 +6,7 @@ import torch
 from torch.distributions import kl_divergence
 
 import pyro_vae as pv
+from pyro_vae.infer.evaluate import kl_to_prior
 
 
 def _grid_integral(d, lo=-12.0, hi=12.0, n=801):
@@ -67,7 +68,7 @@ def test_vamp_prior_is_the_mixture_of_encoder_posteriors():
 
 def test_unbound_vamp_prior_says_how_to_bind():
     with pytest.raises(RuntimeError, match="bind"):
-        pv.VampPrior(2, 6, 3)()
+        pv.priors.VampPrior(2, 6, 3)()
 
 
 @pytest.mark.parametrize("prior", ["normal", "learned_normal"])
@@ -83,7 +84,7 @@ def test_analytic_kl_matches_monte_carlo(prior):
     z = q.sample((200000,))
     mc = (q.log_prob(z) - p.log_prob(z)).mean(0)
     torch.testing.assert_close(analytic, mc, atol=0.01, rtol=0.01)
-    torch.testing.assert_close(pv.kl_to_prior(vae, x), analytic)
+    torch.testing.assert_close(kl_to_prior(vae, x), analytic)
 
 
 def test_kl_to_prior_falls_back_to_monte_carlo_for_a_mixture():
@@ -92,7 +93,7 @@ def test_kl_to_prior_falls_back_to_monte_carlo_for_a_mixture():
     with pytest.raises(NotImplementedError):
         kl_divergence(vae.encode(x), vae.prior().expand([4]))
     torch.manual_seed(0)
-    kl = pv.kl_to_prior(vae, x, num_samples=100000)
+    kl = kl_to_prior(vae, x, num_samples=100000)
     q, p = vae.encode(x), vae.prior()
     z = q.sample((100000,))
     torch.testing.assert_close(kl, (q.log_prob(z) - p.log_prob(z)).mean(0), atol=0.03, rtol=0)
@@ -118,4 +119,4 @@ def test_unknown_prior_lists_valid_names():
     with pytest.raises(ValueError, match="unknown prior 'gauss'.*learned_normal.*mixture.*vamp"):
         pv.VAE(6, 3, prior="gauss")
     with pytest.raises(ValueError, match="num_components must be >= 1"):
-        pv.MixturePrior(2, 0)
+        pv.priors.MixturePrior(2, 0)

@@ -147,7 +147,7 @@ def test_config_round_trip_rebuilds_the_same_architecture():
 
 
 def test_custom_objects_must_be_passed_again_when_rebuilding():
-    class MyPrior(pv.StandardNormalPrior):
+    class MyPrior(pv.priors.StandardNormalPrior):
         pass
 
     vae = pv.VAE(6, 3, (8,), prior=MyPrior(3))

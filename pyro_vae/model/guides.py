@@ -15,7 +15,7 @@ from pyro.distributions.transforms import conditional_affine_autoregressive
 from torch import nn
 from torch.nn.functional import softplus
 
-from ._registry import lookup
+from .._registry import lookup
 from .networks import MLP
 
 __all__ = ["Guide", "NormalGuide", "IAFGuide", "GUIDES", "make_guide"]

@@ -12,7 +12,8 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from torch.distributions import kl_divergence
 
-from .importance import vectorized_log_weights
+from .._device import fork_rng
+from .log_weights import vectorized_log_weights
 
 __all__ = [
     "LogLikelihood",
@@ -52,13 +53,6 @@ def _chunks(total: int, size: int, first: int | None = None):
         start = first
     for s in range(start, total, size):
         yield s, min(size, total - s)
-
-
-def fork_rng(device: torch.device, enabled: bool = True):
-    """``torch.random.fork_rng`` for the CPU and, on CUDA, ``device``'s generator: draws inside
-    leave the global random state as it was."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=devices, enabled=enabled)
 
 
 @torch.no_grad()

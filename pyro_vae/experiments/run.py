@@ -12,11 +12,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ._io import atomic_write_json
-from .config import ModelConfig, TrainConfig
-from .data import ImageData, binarize_static, load_dataset
-from .distributed import evaluate_distributed, get_context
-from .evaluate import evaluate
+from .._device import resolve_device
+from .._io import atomic_write_json
+from ..data.sources import ImageData, binarize_static, load_dataset
+from ..infer.evaluate import evaluate
+from ..model.config import ModelConfig
+from ..model.vae import VAE
+from ..training.config import TrainConfig
+from ..training.distributed import evaluate_distributed, get_context
+from ..training.loop import train
 from .plots import (
     plot_image_grid,
     plot_latent_space,
@@ -24,8 +28,6 @@ from .plots import (
     plot_reconstructions,
     plot_training_curves,
 )
-from .train import resolve_device, train
-from .vae import VAE
 
 __all__ = ["PRESETS", "RESULTS_NAME", "run_experiment", "prepare_data"]
 

@@ -14,7 +14,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ._registry import lookup
+from .._registry import lookup
 
 __all__ = [
     "Prior",

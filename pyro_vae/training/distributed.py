@@ -49,8 +49,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .direct import training_loss
-from .evaluate import LogLikelihood, fork_rng, kl_to_prior, log_likelihood, summarize
+from .._device import fork_rng, resolve_device
+from ..infer.evaluate import LogLikelihood, kl_to_prior, log_likelihood, summarize
+from .fast_path import training_loss
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -154,8 +155,6 @@ def init_distributed(
     device = torch.device(device)
     kwargs = {}
     if device.type == "cuda":
-        from .train import resolve_device
-
         resolve_device("cuda")  # a clear error without CUDA
         if local_rank >= torch.cuda.device_count():
             raise DistributedError(

@@ -1,73 +1,20 @@
-"""Configuration as small frozen dataclasses that round-trip through JSON."""
+"""How to train: a small frozen dataclass saved beside checkpoints as JSON."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from ._io import atomic_write_json
+from .._io import atomic_write_json
+from ..model.config import JsonConfig, ModelConfig
 
-__all__ = ["ModelConfig", "TrainConfig", "lr_at_epoch", "save_config", "load_config"]
-
-C = TypeVar("C", bound="_JsonConfig")
-
-
-class _JsonConfig:
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
-        names = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(
-                f"unknown {cls.__name__} field(s) {unknown}; valid fields are {sorted(names)}"
-            )
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kwargs)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls: type[C], text: str) -> C:
-        return cls.from_dict(json.loads(text))
+__all__ = ["TrainConfig", "lr_at_epoch", "save_config", "load_config"]
 
 
 @dataclass(frozen=True)
-class ModelConfig(_JsonConfig):
-    """Everything needed to rebuild a :class:`~pyro_vae.VAE`'s architecture.
-
-    ``prior``, ``likelihood`` and ``guide`` are registry names; a user-written object is recorded
-    as ``"custom:<ClassName>"`` and must be passed again when the model is loaded.
-    """
-
-    x_dim: int
-    z_dim: int = 20
-    hidden_dims: tuple[int, ...] = (400,)
-    activation: str = "relu"
-    prior: str = "normal"
-    likelihood: str = "bernoulli"
-    guide: str = "normal"
-    #: mixture components (``mixture``) or pseudo-inputs (``vamp``)
-    num_components: int = 10
-    #: number of IAF layers (``guide="iaf"``)
-    num_flows: int = 2
-    #: the fixed (``gaussian``) or initial (``learned_gaussian``, ``laplace``) likelihood scale
-    likelihood_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.x_dim < 1 or self.z_dim < 1:
-            raise ValueError(f"x_dim and z_dim must be >= 1, got {self.x_dim} and {self.z_dim}")
-
-
-@dataclass(frozen=True)
-class TrainConfig(_JsonConfig):
+class TrainConfig(JsonConfig):
     """How to train: optimisation, estimator, evaluation, bookkeeping."""
 
     epochs: int = 10

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._registry import lookup
+from .._registry import lookup
 
 __all__ = ["ACTIVATIONS", "MLP"]
 

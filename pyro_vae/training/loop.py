@@ -26,7 +26,11 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ._io import atomic_write_text
+from .._device import fork_rng, resolve_device
+from .._io import atomic_write_text
+from ..data.checks import check_data
+from ..infer.estimators import make_elbo
+from ..infer.evaluate import evaluate
 from .checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -36,7 +40,6 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig, lr_at_epoch
-from .direct import VALIDATE_EVERY, training_loss
 from .distributed import (
     DistributedError,
     ELBOLoss,
@@ -45,9 +48,7 @@ from .distributed import (
     rank_seed,
     shard,
 )
-from .estimators import make_elbo
-from .evaluate import evaluate, fork_rng
-from .likelihoods import check_data
+from .fast_path import VALIDATE_EVERY, training_loss
 
 __all__ = ["TrainingDiverged", "TrainResult", "resolve_device", "train", "METRICS_NAME"]
 
@@ -69,28 +70,8 @@ class TrainResult:
     evaluation: dict | None = None
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"cpu"``, ``"cuda"`` or ``"cuda:N"``; a clear error when CUDA is asked for and absent."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            build = torch.version.cuda or "none (a CPU-only build)"
-            raise RuntimeError(
-                f"CUDA was requested (--cuda / device='cuda') but torch.cuda.is_available() is "
-                f"False: this torch {torch.__version__} has CUDA {build} and sees no GPU. Drop "
-                f"--cuda to train on the CPU, or install a CUDA build of torch on a GPU machine."
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"{device} requested but only {torch.cuda.device_count()} GPU(s) are visible"
-            )
-    elif device.type != "cpu":
-        raise ValueError(f"unsupported device {device}; use 'cpu' or 'cuda[:N]'")
-    return device
-
-
 def _prepare(vae, data, what: str, binarize: str | None, device: torch.device) -> torch.Tensor:
-    from .data import as_tensor
+    from ..data.sources import as_tensor
 
     x = as_tensor(data)
     if binarize == "dynamic":

@@ -37,8 +37,8 @@ from pyro.distributions import TorchDistribution
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 
-from ._registry import lookup
-from .importance import LogWeights, is_scored_site, site_log_prob, vectorized_log_weights
+from .._registry import lookup
+from .log_weights import LogWeights, is_scored_site, site_log_prob, vectorized_log_weights
 
 __all__ = [
     "IWAE_ELBO",

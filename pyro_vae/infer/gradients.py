@@ -83,7 +83,7 @@ def default_param_groups(model, guide, *args, **kwargs) -> dict[str, list[torch.
     guide's densities or samples depend on are "inference"; the rest that the model's log
     density depends on at fixed latents are "generative".
     """
-    from .vae import VAE
+    from ..model.vae import VAE
 
     owner = getattr(model, "__self__", None)
     if isinstance(owner, VAE):

@@ -25,9 +25,10 @@ import torch
 from pyro.util import ignore_jit_warnings
 from torch import nn
 
+from ..data.checks import check_data
 from .config import ModelConfig
 from .guides import Guide, make_guide
-from .likelihoods import Likelihood, check_data, make_likelihood
+from .likelihoods import Likelihood, make_likelihood
 from .networks import MLP
 from .priors import Prior, make_prior
 

@@ -7,8 +7,8 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .data import DATASETS
-from .networks import ACTIVATIONS
+from ..data.sources import DATASETS
+from ..model.networks import ACTIVATIONS
 
 __all__ = [
     "positive",

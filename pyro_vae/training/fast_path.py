@@ -51,10 +51,10 @@ from pyro.distributions.util import is_identically_zero
 from pyro.poutine.runtime import am_i_wrapped
 from torch.distributions import kl_divergence
 
-from .estimators import _PerDatapointELBO
-from .evaluate import fork_rng
-from .priors import StandardNormalPrior
-from .vae import VAE
+from .._device import fork_rng
+from ..infer.estimators import _PerDatapointELBO
+from ..model.priors import StandardNormalPrior
+from ..model.vae import VAE
 
 __all__ = ["direct_loss", "training_loss", "NotApplicable", "VALIDATE_EVERY"]
 

@@ -42,17 +42,19 @@ from typing import Any
 import pyro
 import torch
 
-from ._io import atomic_write_json, atomic_write_text
-from ._registry import lookup
-from .config import ModelConfig, TrainConfig
-from .data import ImageData, binarize_static, load_dataset
-from .estimators import ESTIMATORS, make_elbo
-from .evaluate import evaluate
-from .experiment import epoch_line, prepare_data
-from .gradients import gradient_snr
+from .._device import resolve_device
+from .._io import atomic_write_json, atomic_write_text
+from .._registry import lookup
+from ..data.sources import ImageData, binarize_static, load_dataset
+from ..infer.estimators import ESTIMATORS, make_elbo
+from ..infer.evaluate import evaluate
+from ..infer.gradients import gradient_snr
+from ..model.config import ModelConfig
+from ..model.vae import VAE
+from ..training.config import TrainConfig
+from ..training.loop import TrainingDiverged, train
 from .plots import plot_log_likelihood_curves, plot_snr_vs_k
-from .train import TrainingDiverged, resolve_device, train
-from .vae import VAE
+from .run import epoch_line, prepare_data
 
 __all__ = [
     "EstimatorSpec",

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write
-from .config import ModelConfig, TrainConfig, save_config
+from .._io import atomic_write
+from ..model.config import ModelConfig
+from .config import TrainConfig, save_config
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -133,7 +134,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", **obj
 
     Pass user-written ``prior=``, ``likelihood=`` or ``guide=`` objects if it was built with them.
     """
-    from .vae import VAE
+    from ..model.vae import VAE
 
     ckpt = load_checkpoint(path, map_location)
     vae = VAE.from_config(ModelConfig.from_dict(ckpt["model_config"]), **objects)

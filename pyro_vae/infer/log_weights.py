@@ -97,3 +97,6 @@ def vectorized_log_weights(
         raise ValueError("the model and guide have no sample sites")
     log_w = log_w.expand(num_samples, log_w.shape[-1])
     return LogWeights(log_w, _data_scale(model_trace), model_trace, guide_trace)
+
+
+log_weights = vectorized_log_weights  # temporary
