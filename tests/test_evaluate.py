@@ -134,13 +134,13 @@ def test_memory_is_bounded_by_chunking(lg, monkeypatch):
     vae, x = lg
     seen = []
     module = sys.modules["pyro_vae.infer.evaluate"]
-    orig = module.vectorized_log_weights
+    orig = module.log_weights
 
     def spy(*a, num_samples, **k):
         seen.append((num_samples, a[2].shape[0]))
         return orig(*a, num_samples=num_samples, **k)
 
-    monkeypatch.setattr(module, "vectorized_log_weights", spy)
+    monkeypatch.setattr(module, "log_weights", spy)
     pv.log_likelihood(vae.model, vae.guide, x, num_samples=1000, max_elements=5 * 64 * 10)
     assert max(k * b * 5 for k, b in seen) <= 5 * 64 * 10
     # every datapoint gets all 1000 samples; the default batch leaves room for chunks of

@@ -71,11 +71,16 @@ def test_plate_is_scaled_to_the_data_set_size():
     x = torch.bernoulli(torch.rand(5, 6))
     tr = poutine.trace(vae.model).get_trace(x, num_data=50)
     assert tr.nodes["x"]["scale"] == 10.0
-    # no random permutation of 50 indices is drawn: the RNG is untouched by the plate
+    # No random permutation of 50 indices is drawn: with z given, the subsampled program
+    # leaves the RNG exactly as it found it.
+    z = {"z": torch.zeros(5, 3)}
     state = torch.get_rng_state()
-    with poutine.block():
-        pyro.plate  # noqa: B018
+    poutine.trace(poutine.condition(vae.model, data=z)).get_trace(x, num_data=50)
     assert torch.equal(state, torch.get_rng_state())
+    # (and a plate that did draw indices would move it: the check can fail)
+    with pyro.plate("draws", 50, subsample_size=5):
+        pass
+    assert not torch.equal(state, torch.get_rng_state())
 
 
 def test_two_vaes_do_not_share_parameters():
@@ -160,3 +165,80 @@ def test_no_hard_coded_784():
     for d in (1, 10, 3072):
         vae = pv.VAE(d, 2, (8,))
         assert vae.sample(2).shape == (2, d)
+
+
+# -- VAE.log_weights: the model's own log weights against its Pyro program ---------------------
+
+_PRIORS = ["normal", "learned_normal", "mixture", "vamp"]
+_LIKELIHOODS = ["bernoulli", "gaussian", "learned_gaussian", "continuous_bernoulli", "laplace"]
+_OWN = ["trace", "meanfield", "iwae", "renyi", "stl", "dreg", "tail_adaptive"]
+
+
+def _loss_grads_and_rng(fn, vae, seed=7):
+    vae.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    loss = fn()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in vae.named_parameters() if p.grad is not None}
+    vae.zero_grad(set_to_none=True)
+    return loss.detach(), grads, torch.get_rng_state()
+
+
+@pytest.mark.parametrize(
+    "estimator,num_particles",
+    [(e, k) for e in _OWN for k in (1, 3) if not (e == "tail_adaptive" and k == 1)],
+)
+@pytest.mark.parametrize("guide", ["normal", "iaf"])
+@pytest.mark.parametrize(
+    "prior,likelihood",
+    [(p, "bernoulli") for p in _PRIORS] + [("normal", lik) for lik in _LIKELIHOODS[1:]],
+)
+def test_own_log_weights_equal_the_pyro_program(prior, likelihood, guide, estimator, num_particles):
+    """Value, gradients and random stream of every estimator's objective on VAE.log_weights
+    equal its differentiable_loss on the Pyro program, in float64 (agreement to ~1e-12)."""
+    torch.manual_seed(0)
+    vae = pv.VAE(
+        6, 3, (8,), prior=prior, likelihood=likelihood, guide=guide, num_components=3
+    ).double()
+    x = torch.bernoulli(torch.rand(10, 6, generator=torch.Generator().manual_seed(1))).double()
+    elbo = pv.make_elbo(estimator, num_particles)
+    expected, expected_grads, expected_rng = _loss_grads_and_rng(
+        lambda: elbo.differentiable_loss(vae.model, vae.guide, x, num_data=250), vae
+    )
+    got, grads, rng = _loss_grads_and_rng(
+        lambda: elbo.objective(vae.log_weights(x, 250, **elbo.request())), vae
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-9)
+    assert grads.keys() == expected_grads.keys() and grads
+    for name, g in grads.items():
+        torch.testing.assert_close(g, expected_grads[name], rtol=1e-8, atol=1e-9, msg=name)
+    assert torch.equal(rng, expected_rng), "the own log weights drew different random numbers"
+
+
+def test_own_meanfield_uses_the_analytic_kl():
+    """With a N(0, I) prior: -E[log p(x|z)] + KL, computed here by hand from the encoder's
+    Gaussian and the same draw of z."""
+    torch.manual_seed(0)
+    vae = pv.VAE(6, 3, (8,))
+    x = torch.bernoulli(torch.rand(10, 6))
+    elbo = pv.make_elbo("meanfield")
+    with torch.no_grad():
+        torch.manual_seed(3)
+        got = elbo.objective(vae.log_weights(x, **elbo.request()))
+        torch.manual_seed(3)
+        q = vae.encoder(x)
+        loc, scale = q.base_dist.loc, q.base_dist.scale
+        z = loc + scale * torch.randn_like(loc)
+        log_px = vae.decode(z).log_prob(x)
+        kl = 0.5 * (scale**2 + loc**2 - 1 - 2 * scale.log()).sum(-1)
+    torch.testing.assert_close(got, -(log_px - kl).sum(), rtol=1e-5, atol=1e-5)
+
+
+def test_own_log_weights_refuse_a_guide_without_rsample():
+    class NoRsample(pv.guides.NormalGuide):
+        def forward(self, x):
+            return pv.estimators._NoRsample(super().forward(x))
+
+    vae = pv.VAE(6, 3, (8,), guide=NoRsample(6, 3, (8,), "relu"))
+    with pytest.raises(ValueError, match="reparameterized q\\(z \\| x_n\\) per datapoint"):
+        vae.log_weights(torch.zeros(4, 6))

@@ -29,141 +29,59 @@ from __future__ import annotations
 
 import math
 
-import pyro
 import pyro.infer as infer
-import pyro.poutine as poutine
 import torch
 from pyro.distributions import TorchDistribution
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 
 from .._registry import lookup
-from .log_weights import LogWeights, is_scored_site, site_log_prob, vectorized_log_weights
+from .log_weights import LogWeights, latent_sites, log_weights
 
 __all__ = [
+    "LogWeightsELBO",
+    "TraceELBO",
+    "MeanFieldELBO",
     "IWAE_ELBO",
     "STL_ELBO",
     "DReG_ELBO",
     "Renyi_ELBO",
     "TailAdaptive_ELBO",
     "Score_ELBO",
+    "TraceGraph_ELBO",
     "tail_adaptive_weights",
     "ESTIMATORS",
     "make_elbo",
 ]
 
-# The same name as importance.py's particle plate, so traces from either look alike.
-_PARTICLE_PLATE = "_num_particles_vectorized"
+
+def _with_gradient(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """The value of ``value``, the gradient of ``surrogate``."""
+    return value.detach() + (surrogate - surrogate.detach())
 
 
-def _vectorize(fn, num_particles: int, dim: int):
-    def wrapped(*args, **kwargs):
-        with pyro.plate(_PARTICLE_PLATE, num_particles, dim=dim):
-            return fn(*args, **kwargs)
+class LogWeightsELBO(ELBO):
+    """An estimator as a function of per-datapoint log weights: ``objective(LogWeights)``.
 
-    return wrapped
+    ``differentiable_loss(model, guide, *args, **kwargs)`` is ``objective(log_weights(model,
+    guide, ...))`` with :func:`~pyro_vae.log_weights` on the Pyro program; training may pass a
+    model's own :class:`~pyro_vae.LogWeights` (computed with :meth:`request`'s options) to the
+    same :meth:`objective`. The loss is ``-scale * sum_n bound_n`` with the data plate's N / B
+    scale outside any log-sum-exp, so a minibatch loss estimates the full-data objective.
 
-
-def _is_latent(site: dict) -> bool:
-    return is_scored_site(site) and not site["is_observed"]
-
-
-def _check_rsample(estimator: str, site: dict) -> None:
-    if not site["fn"].has_rsample:
-        raise ValueError(
-            f"{estimator} needs a reparameterized guide, but site {site['name']!r} has no "
-            f"rsample; use 'score' or 'tracegraph' instead"
-        )
-
-
-def _data_scale(trace: poutine.Trace) -> float:
-    scales = {float(s["scale"]) for s in trace.nodes.values() if is_scored_site(s)}
-    if len(scales) > 1:
-        raise ValueError(
-            f"per-datapoint estimators need one subsampling scale for all sites, found "
-            f"{sorted(scales)}; keep every per-datapoint site in the same data plate"
-        )
-    return scales.pop() if scales else 1.0
-
-
-def _sum_log_probs(trace: poutine.Trace, num_dims: int, latent_only: bool):
-    total = 0.0
-    for site in trace.nodes.values():
-        if is_scored_site(site) and (_is_latent(site) or not latent_only):
-            total = total + site_log_prob(site, num_dims)
-    return total
-
-
-def _log_densities(model, guide, args, kwargs, num_particles: int, max_plate_nesting: int):
-    """Trace ``guide`` and ``model`` under the particle plate; return ``(log_p, log_q, scale)``.
-
-    ``log_p`` = log p(x, z) and ``log_q`` = log q(z | x), each ``[K, B]``, unscaled and kept
-    apart (unlike :func:`vectorized_log_weights`) because the path-derivative and score-function
-    estimators differentiate them differently.
-    """
-    num_dims = max_plate_nesting + 1
-    dim = -num_dims
-    guide_trace = poutine.trace(_vectorize(guide, num_particles, dim)).get_trace(*args, **kwargs)
-    replayed = poutine.replay(_vectorize(model, num_particles, dim), trace=guide_trace)
-    model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
-    log_p = torch.as_tensor(_sum_log_probs(model_trace, num_dims, latent_only=False))
-    log_q = torch.as_tensor(_sum_log_probs(guide_trace, num_dims, latent_only=True))
-    if log_p.dim() == 0 and log_q.dim() == 0:
-        raise ValueError("the model and guide have no sample sites")
-    shape = (num_particles, torch.broadcast_shapes(log_p.shape, log_q.shape)[-1])
-    return log_p.expand(shape), log_q.expand(shape), _data_scale(model_trace)
-
-
-class _NoRsample(TorchDistribution):
-    """``base`` with ``has_rsample = False``: samples are drawn detached (no pathwise gradient).
-
-    Pyro's ``Distribution.has_rsample_(False)`` would do this in place, but ``Independent`` and
-    ``MaskedDistribution`` expose ``has_rsample`` as a read-only property, and the guide's
-    distribution object is not ours to mutate.
+    Subclasses set ``pathwise`` / ``analytic_kl`` (what they need of the log weights), override
+    :meth:`bound` (the per-datapoint value from ``log_w [K, B]``) and, for a gradient other than
+    the reparameterized gradient of the bound, :meth:`objective`. Like every Pyro ELBO, model and
+    guide take the same ``*args, **kwargs``; per-datapoint sites sit in a plate at dim -1.
     """
 
-    has_rsample = False
-
-    def __init__(self, base) -> None:
-        self.base_dist = base
-        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
-
-    @property
-    def support(self):
-        return self.base_dist.support
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.base_dist.expand(batch_shape))
-
-    def sample(self, sample_shape=torch.Size()):
-        # A new tensor object, so that a flow's log_prob misses its (x, y) cache: the cache holds
-        # the log-determinant computed under sample()'s no_grad, which would silently drop the
-        # flow parameters' part of the score d log q.
-        return self.base_dist.sample(sample_shape).clone()
-
-    def log_prob(self, value):
-        return self.base_dist.log_prob(value)
-
-
-class _ScoreFunctionSites(Messenger):
-    """Make every latent sample site of the wrapped guide non-reparameterized."""
-
-    def _pyro_sample(self, msg) -> None:
-        if msg["done"] or msg["is_observed"] or not is_scored_site(msg):
-            return
-        if msg["fn"].has_rsample:
-            msg["fn"] = _NoRsample(msg["fn"])
-
-
-class _PerDatapointELBO(ELBO):
-    """Shared plumbing: K particles in an outer plate (dim ``-max_plate_nesting - 1``) and a
-    per-datapoint objective ``bound(log_w [K, B]) -> [B]``; the loss is ``-scale * sum_n``.
-
-    Subclasses override :meth:`bound` and, for gradients other than the plain reparameterized
-    gradient of the bound, :meth:`differentiable_loss`. Like every Pyro ELBO the model and guide
-    take the same ``*args, **kwargs``; per-datapoint sites sit in a plate at dim -1.
-    """
-
+    #: log q with the guide's parameters held fixed (the path-derivative estimators)
+    pathwise = False
+    #: the analytic KL(q || p) where Pyro registers one (TraceMeanField_ELBO's estimator)
+    analytic_kl = False
+    #: whether a model's own plain-torch log weights may stand in for the Pyro program
+    accepts_model_log_weights = True
     _needs_rsample = True
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: int = 1) -> None:
@@ -174,40 +92,57 @@ class _PerDatapointELBO(ELBO):
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=True,
         )
+        # Pyro's ELBO counts the particle plate in max_plate_nesting when K > 1; log_weights
+        # adds the particle plate itself, so keep the model's own count.
+        self.model_plates = int(max_plate_nesting)
 
     def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError(f"{type(self).__name__} builds its vectorized traces itself")
+        raise NotImplementedError(f"{type(self).__name__} builds its traces with log_weights")
+
+    def request(self) -> dict:
+        """The options of ``log_weights`` this estimator needs."""
+        return {
+            "num_samples": self.num_particles,
+            "pathwise": self.pathwise,
+            "analytic_kl": self.analytic_kl,
+        }
+
+    def log_weights(self, model, guide, *args, **kwargs) -> LogWeights:
+        """:func:`~pyro_vae.log_weights` of the Pyro program, guide sites checked."""
+        lw = log_weights(
+            model,
+            guide,
+            *args,
+            max_plate_nesting=self.model_plates,
+            **self.request(),
+            **kwargs,
+        )
+        if self._needs_rsample:
+            for site in latent_sites(lw.traces[1]):
+                if not site["fn"].has_rsample:
+                    raise ValueError(
+                        f"{type(self).__name__} needs a reparameterized guide, but site "
+                        f"{site['name']!r} has no rsample; use 'score' or 'tracegraph'"
+                    )
+        return lw
 
     def bound(self, log_w: torch.Tensor) -> torch.Tensor:
         """The per-datapoint objective ``[B]`` from log weights ``[K, B]``."""
         raise NotImplementedError
 
-    def log_weights(self, model, guide, *args, **kwargs) -> LogWeights:
-        """``log_w [K, B]`` from :func:`vectorized_log_weights`, guide sites checked."""
-        lw = vectorized_log_weights(
-            model,
-            guide,
-            *args,
-            num_samples=self.num_particles,
-            max_plate_nesting=self.max_plate_nesting,
-            **kwargs,
-        )
-        if self._needs_rsample:
-            for site in lw.guide_trace.nodes.values():
-                if _is_latent(site):
-                    _check_rsample(type(self).__name__, site)
-        return lw
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """``-scale * sum_n bound_n``, a scalar whose gradient is the estimator's."""
-        lw = self.log_weights(model, guide, *args, **kwargs)
+    def objective(self, lw: LogWeights) -> torch.Tensor:
+        """The surrogate loss: a scalar whose value is ``-scale * sum_n bound_n`` and whose
+        gradient is the estimator's."""
         return -lw.scale * self.bound(lw.log_w).sum()
 
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """``objective(log_weights(model, guide, *args, **kwargs))``."""
+        return self.objective(self.log_weights(model, guide, *args, **kwargs))
+
     def loss(self, model, guide, *args, **kwargs) -> float:
-        """The loss value only (no gradients): ``-scale * sum_n bound_n``."""
+        """The loss value only (no gradients)."""
         with torch.no_grad():
-            lw = self.log_weights(model, guide, *args, **kwargs)
-            return -lw.scale * self.bound(lw.log_w).sum().item()
+            return float(self.differentiable_loss(model, guide, *args, **kwargs).detach())
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Accumulate the estimator's gradient into ``.grad`` and return the loss value."""
@@ -216,13 +151,32 @@ class _PerDatapointELBO(ELBO):
             loss.backward(retain_graph=self.retain_graph)
         return loss.detach().item()
 
-    @staticmethod
-    def _with_gradient(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
-        # The value of `value`, the gradient of `surrogate`.
-        return value.detach() + (surrogate - surrogate.detach())
+
+def _mean(log_w: torch.Tensor) -> torch.Tensor:
+    return log_w.mean(0)
 
 
-class IWAE_ELBO(_PerDatapointELBO):
+def _iwae(log_w: torch.Tensor) -> torch.Tensor:
+    return log_w.logsumexp(0) - math.log(log_w.shape[0])
+
+
+class TraceELBO(LogWeightsELBO):
+    """The ELBO with K particles averaged, reparameterized: ``pyro.infer.Trace_ELBO``'s loss and
+    gradient for models whose latents are all per datapoint (checked against it in float64), as a
+    function of log weights. For global latents or non-reparameterized guides use Pyro's own
+    ``Trace_ELBO`` (``train(..., elbo=pyro.infer.Trace_ELBO())``) or ``tracegraph``."""
+
+    bound = staticmethod(_mean)
+
+
+class MeanFieldELBO(TraceELBO):
+    """``pyro.infer.TraceMeanField_ELBO``: the ELBO with the analytic KL(q || p) of every latent
+    site where Pyro registers one and a Monte Carlo term elsewhere (e.g. a mixture prior)."""
+
+    analytic_kl = True
+
+
+class IWAE_ELBO(LogWeightsELBO):
     """The importance-weighted bound of Burda et al. (2015), per datapoint::
 
         L_K = sum_n E[ log (1/K) sum_k p(x_n, z_nk) / q(z_nk | x_n) ],  z_nk ~ q(z | x_n)
@@ -235,11 +189,10 @@ class IWAE_ELBO(_PerDatapointELBO):
     def __init__(self, num_particles: int = 5, max_plate_nesting: int = 1) -> None:
         super().__init__(num_particles, max_plate_nesting)
 
-    def bound(self, log_w: torch.Tensor) -> torch.Tensor:
-        return log_w.logsumexp(0) - math.log(log_w.shape[0])
+    bound = staticmethod(_iwae)
 
 
-class Renyi_ELBO(_PerDatapointELBO):
+class Renyi_ELBO(LogWeightsELBO):
     """The Renyi (VR-alpha) bound of Li & Turner (2016), per datapoint::
 
         L_alpha = 1/(1 - alpha) log (1/K) sum_k w_k^(1 - alpha)
@@ -291,7 +244,7 @@ def tail_adaptive_weights(
     return gamma / gamma.sum(0, keepdim=True)
 
 
-class TailAdaptive_ELBO(_PerDatapointELBO):
+class TailAdaptive_ELBO(LogWeightsELBO):
     """Tail-adaptive f-divergence (Wang, Liu & Liu 2018) with ranks per datapoint.
 
     Gradient: ``-scale * sum_n sum_k gamma_nk d log w_nk`` with :func:`tail_adaptive_weights`
@@ -323,72 +276,13 @@ class TailAdaptive_ELBO(_PerDatapointELBO):
     def bound(self, log_w: torch.Tensor) -> torch.Tensor:
         return log_w.mean(0)
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        lw = self.log_weights(model, guide, *args, **kwargs)
+    def objective(self, lw: LogWeights) -> torch.Tensor:
         gamma = tail_adaptive_weights(lw.log_w, self.tail_adaptive_beta, self.per_datapoint)
         surrogate = (gamma * lw.log_w).sum()
-        return -lw.scale * self._with_gradient(self.bound(lw.log_w).sum(), surrogate)
+        return -lw.scale * _with_gradient(self.bound(lw.log_w).sum(), surrogate)
 
 
-class _PathwiseELBO(_PerDatapointELBO):
-    """Path-derivative estimators: the direct (score) derivative of log q is dropped.
-
-    With ``g_k = d log w_k / d z_k`` at fixed parameters, the surrogate's gradient is::
-
-        sum_k a_k d_theta log p(x, z_k) |_(z fixed)   +   sum_k c_k g_k . dz_k/d(params)
-
-    with coefficients ``(a, c)`` from :meth:`coefficients`. ``g_k`` is taken by autograd at
-    detached copies of z (leaves) with the guide *replayed* there, so ``log q(z | x)`` is a
-    function of z whatever the guide's distribution is (for flows this runs the inverse
-    transform, which for an IAF is sequential over z_dim); its parameter dependence never enters
-    the surrogate, which is exactly "log q with detached parameters".
-    """
-
-    def coefficients(self, log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(a, c)``, each ``[K, B]``, from detached log weights ``[K, B]``."""
-        raise NotImplementedError
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        num_dims = self.max_plate_nesting + 1
-        sampled = poutine.trace(_vectorize(guide, self.num_particles, -num_dims)).get_trace(
-            *args, **kwargs
-        )
-        paths, leaves = [], []
-        leaf_trace = poutine.Trace()
-        for name, site in sampled.nodes.items():
-            if not _is_latent(site):
-                continue
-            _check_rsample(type(self).__name__, site)
-            leaf = site["value"].detach().requires_grad_()
-            paths.append(site["value"])
-            leaves.append(leaf)
-            leaf_trace.add_node(
-                name, type="sample", is_observed=False, value=leaf, infer=site["infer"]
-            )
-        log_p, log_q, scale = _log_densities(
-            model,
-            poutine.replay(guide, trace=leaf_trace),
-            args,
-            kwargs,
-            self.num_particles,
-            self.max_plate_nesting,
-        )
-        log_w = log_p - log_q
-        direct, path = self.coefficients(log_w.detach())
-        surrogate = (direct * log_p).sum()
-        if leaves:
-            # retain_graph: log_p's graph is shared with log_w and is differentiated again,
-            # through the surrogate, by the caller's backward.
-            grads = torch.autograd.grad(
-                (path * log_w).sum(), leaves, retain_graph=True, allow_unused=True
-            )
-            for z, g in zip(paths, grads, strict=True):
-                if g is not None and z.requires_grad:
-                    surrogate = surrogate + (g * z).sum()
-        return -scale * self._with_gradient(self.bound(log_w.detach()).sum(), surrogate)
-
-
-class STL_ELBO(_PathwiseELBO):
+class STL_ELBO(LogWeightsELBO):
     """Sticking the landing (STL, Roeder, Wu & Duvenaud 2017): the ELBO with K particles
     averaged, and the path-derivative gradient (log q evaluated with the guide's parameters
     detached, z still differentiable).
@@ -397,15 +291,11 @@ class STL_ELBO(_PathwiseELBO):
     guide's gradient is exactly 0 for every draw when q(z | x) = p(z | x).
     """
 
-    def bound(self, log_w: torch.Tensor) -> torch.Tensor:
-        return log_w.mean(0)
-
-    def coefficients(self, log_w):
-        k = torch.full_like(log_w, 1.0 / log_w.shape[0])
-        return k, k
+    pathwise = True
+    bound = staticmethod(_mean)
 
 
-class DReG_ELBO(_PathwiseELBO):
+class DReG_ELBO(LogWeightsELBO):
     """The IWAE bound with the doubly reparameterized gradient (Tucker et al. 2019)::
 
         model params:  sum_k w~_k   d_theta log p(x, z_k)          (the IWAE gradient)
@@ -416,15 +306,72 @@ class DReG_ELBO(_PathwiseELBO):
     its guide gradient's signal-to-noise ratio does not vanish as K grows (it does for IWAE).
     """
 
-    def bound(self, log_w: torch.Tensor) -> torch.Tensor:
-        return log_w.logsumexp(0) - math.log(log_w.shape[0])
+    pathwise = True
+    bound = staticmethod(_iwae)
 
-    def coefficients(self, log_w):
-        w = torch.softmax(log_w, dim=0)
-        return w, w * w
+    def objective(self, lw: LogWeights) -> torch.Tensor:
+        # log_q has the guide's parameters held fixed, so the surrogate sum_k w~_k log w_k gives
+        # the model parameters the IWAE gradient; the hook multiplies the gradient reaching each
+        # draw z_k once more by w~_k, which gives the guide's parameters sum_k w~_k^2 dlog w/dz.
+        log_w = lw.log_w
+        w = torch.softmax(log_w.detach(), dim=0)
+        for z in lw.latents:
+            if z.requires_grad:
+                z.register_hook(_times(w, z, self.model_plates))
+        surrogate = (w * log_w).sum()
+        return -lw.scale * _with_gradient(self.bound(log_w).sum(), surrogate)
 
 
-class Score_ELBO(_PerDatapointELBO):
+def _times(w: torch.Tensor, z: torch.Tensor, max_plate_nesting: int):
+    """A gradient hook on ``z [K, ..., B, *event]`` multiplying by ``w [K, B]``."""
+    plates = max_plate_nesting - 1
+    shape = (w.shape[0], *(1,) * plates, w.shape[1], *(1,) * (z.dim() - plates - 2))
+    factor = w.reshape(shape)
+    return lambda grad: grad * factor
+
+
+class _NoRsample(TorchDistribution):
+    """``base`` with ``has_rsample = False``: samples are drawn detached (no pathwise gradient).
+
+    Pyro's ``Distribution.has_rsample_(False)`` would do this in place, but ``Independent`` and
+    ``MaskedDistribution`` expose ``has_rsample`` as a read-only property, and the guide's
+    distribution object is not ours to mutate.
+    """
+
+    has_rsample = False
+
+    def __init__(self, base) -> None:
+        self.base_dist = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.base_dist.support
+
+    def expand(self, batch_shape, _instance=None):
+        return type(self)(self.base_dist.expand(batch_shape))
+
+    def sample(self, sample_shape=torch.Size()):
+        # A new tensor object, so that a flow's log_prob misses its (x, y) cache: the cache holds
+        # the log-determinant computed under sample()'s no_grad, which would silently drop the
+        # flow parameters' part of the score d log q.
+        return self.base_dist.sample(sample_shape).clone()
+
+    def log_prob(self, value):
+        return self.base_dist.log_prob(value)
+
+
+class _ScoreFunctionSites(Messenger):
+    """Make every latent sample site of the wrapped guide non-reparameterized."""
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["done"] or msg["is_observed"] or isinstance(msg["fn"], _Subsample):
+            return
+        if msg["fn"].has_rsample:
+            msg["fn"] = _NoRsample(msg["fn"])
+
+
+class Score_ELBO(LogWeightsELBO):
     """The ELBO with the score-function (REINFORCE) gradient: z is not reparameterized.
 
     Per datapoint, with f_k = log w_k and a baseline b_k independent of z_k::
@@ -442,6 +389,8 @@ class Score_ELBO(_PerDatapointELBO):
     """
 
     _needs_rsample = False
+    # Its draws are not reparameterized: a model's own (reparameterized) log weights differ.
+    accepts_model_log_weights = False
     _BASELINES = ("auto", "leave_one_out", "decaying_average", "none")
 
     def __init__(
@@ -500,30 +449,40 @@ class Score_ELBO(_PerDatapointELBO):
             return old
         return 0.0
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        log_p, log_q, scale = _log_densities(
-            model,
-            _ScoreFunctionSites()(guide),
-            args,
-            kwargs,
-            self.num_particles,
-            self.max_plate_nesting,
-        )
-        f = (log_p - log_q).detach()
+    def objective(self, lw: LogWeights) -> torch.Tensor:
+        f = lw.log_w.detach()
         advantage = f - self._baseline(f)
-        surrogate = (log_p + advantage * log_q).mean(0).sum()
-        return -scale * self._with_gradient(self.bound(f).sum(), surrogate)
+        surrogate = (lw.log_p + advantage * lw.log_q).mean(0).sum()
+        return -lw.scale * _with_gradient(self.bound(f).sum(), surrogate)
 
 
-def _pyro(cls, jit_cls):
-    """A factory for one of Pyro's own ELBOs and its JIT-compiled variant."""
+class TraceGraph_ELBO(infer.TraceGraph_ELBO):
+    """Pyro's ``TraceGraph_ELBO`` (score-function gradients with Rao-Blackwellization over the
+    dependency graph) with the ``differentiable_loss`` that training and DDP call."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        # Pyro's own split of the loss value and the surrogate whose gradient is the estimator.
+        loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
+        return _with_gradient(-torch.as_tensor(loss), torch.as_tensor(surrogate))
+
+
+def _pyro_jit(name: str, cls, jit_cls):
+    """A factory for one of our estimators with Pyro's JIT-compiled variant for ``jit=True``."""
 
     def factory(num_particles, max_plate_nesting, jit, **options):
-        if jit:
-            # torch's own shape checks (e.g. in binary_cross_entropy_with_logits) emit
-            # TracerWarnings while tracing; they are static for a fixed batch shape.
-            options.setdefault("ignore_jit_warnings", True)
-        return (jit_cls if jit else cls)(
+        if not jit:
+            if cls is TraceGraph_ELBO:
+                return cls(
+                    num_particles=num_particles,
+                    max_plate_nesting=max_plate_nesting,
+                    vectorize_particles=num_particles > 1,
+                    **options,
+                )
+            return cls(num_particles=num_particles, max_plate_nesting=max_plate_nesting, **options)
+        # torch's own shape checks (e.g. in binary_cross_entropy_with_logits) emit
+        # TracerWarnings while tracing; they are static for a fixed batch shape.
+        options.setdefault("ignore_jit_warnings", True)
+        return jit_cls(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=num_particles > 1,
@@ -545,9 +504,9 @@ def _ours(name: str, cls):
 
 
 ESTIMATORS = {
-    "trace": _pyro(infer.Trace_ELBO, infer.JitTrace_ELBO),
-    "meanfield": _pyro(infer.TraceMeanField_ELBO, infer.JitTraceMeanField_ELBO),
-    "tracegraph": _pyro(infer.TraceGraph_ELBO, infer.JitTraceGraph_ELBO),
+    "trace": _pyro_jit("trace", TraceELBO, infer.JitTrace_ELBO),
+    "meanfield": _pyro_jit("meanfield", MeanFieldELBO, infer.JitTraceMeanField_ELBO),
+    "tracegraph": _pyro_jit("tracegraph", TraceGraph_ELBO, infer.JitTraceGraph_ELBO),
     "iwae": _ours("iwae", IWAE_ELBO),
     "stl": _ours("stl", STL_ELBO),
     "dreg": _ours("dreg", DReG_ELBO),

@@ -13,7 +13,7 @@ from pyro.infer.util import is_validation_enabled
 from torch.distributions import kl_divergence
 
 from .._device import fork_rng
-from .log_weights import vectorized_log_weights
+from .log_weights import log_weights
 
 __all__ = [
     "LogLikelihood",
@@ -110,7 +110,7 @@ def log_likelihood(
         first = 1 if is_validation_enabled() else None
         for j, (_, k) in enumerate(_chunks(num_samples, chunk_size, first)):
             with pyro.validation_enabled(False) if j else contextlib.nullcontext():
-                lw = vectorized_log_weights(
+                lw = log_weights(
                     model, guide, x, num_samples=k, max_plate_nesting=max_plate_nesting, **kwargs
                 ).log_w
             lse1.append(lw.logsumexp(0))

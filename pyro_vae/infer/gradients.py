@@ -17,8 +17,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import pyro.poutine as poutine
 import torch
+
+from ..model.vae import VAE
+from .log_weights import log_weights
 
 __all__ = ["GradientSNR", "gradient_snr", "default_param_groups"]
 
@@ -83,8 +85,6 @@ def default_param_groups(model, guide, *args, **kwargs) -> dict[str, list[torch.
     guide's densities or samples depend on are "inference"; the rest that the model's log
     density depends on at fixed latents are "generative".
     """
-    from ..model.vae import VAE
-
     owner = getattr(model, "__self__", None)
     if isinstance(owner, VAE):
         inference = _unique(owner.encoder.parameters())
@@ -97,31 +97,13 @@ def default_param_groups(model, guide, *args, **kwargs) -> dict[str, list[torch.
         ]
         return {"inference": inference, "generative": _unique(generative)}
 
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    fixed = poutine.Trace()
-    guide_out = 0.0
-    for name, site in guide_trace.nodes.items():
-        if site["type"] != "sample":
-            continue
-        guide_out = guide_out + site["fn"].log_prob(site["value"]).sum()
-        if torch.is_floating_point(site["value"]):
-            guide_out = guide_out + site["value"].sum()
-        fixed.add_node(
-            name,
-            type="sample",
-            is_observed=site["is_observed"],
-            value=site["value"].detach(),
-            infer=site["infer"],
-        )
-    model_trace = poutine.trace(poutine.replay(model, trace=fixed)).get_trace(*args, **kwargs)
-    model_out = sum(
-        (
-            s["fn"].log_prob(s["value"]).sum()
-            for s in model_trace.nodes.values()
-            if s["type"] == "sample"
-        ),
-        torch.zeros(()),
-    )
+    lw = log_weights(model, guide, *args, **kwargs)
+    model_trace, guide_trace = lw.traces
+    # Inference: what the guide's densities or draws depend on; generative: the rest of what
+    # the model's density depends on (the guide's parameters are taken first, so the path
+    # through z does not count).
+    guide_out = lw.log_q.sum() + sum(z.sum() for z in lw.latents if torch.is_floating_point(z))
+    model_out = lw.log_p.sum()
     params = _unique(
         _leaf(s["value"])
         for t in (guide_trace, model_trace)

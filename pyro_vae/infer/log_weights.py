@@ -1,52 +1,65 @@
-"""Per-datapoint importance weights log p(x, z_k) - log q(z_k | x), vectorized over k.
+"""THE one place that runs a model/guide pair: per-datapoint log weights ``[K, B]``.
 
-Pyro's ``vectorized_importance_weights`` sums over every plate, the data plate included, and its
-``RenyiELBO`` applies the data plate's N/B scale *inside* the log-sum-exp. Both lose the
-per-datapoint structure that an importance-weighted bound needs, so this module keeps it: model and
-guide run under an outer particle plate, and each site's log density is summed over its event
-dimensions and any plates other than the particle plate and the data plate (dim -1).
+Every estimator, :func:`~pyro_vae.log_likelihood`, :func:`~pyro_vae.gradient_snr` and the
+evaluation metrics get their numbers from :func:`log_weights`. It traces the guide under an outer
+particle plate of K draws, replays the model on those draws, and sums each site's log density
+over its event dimensions and any plates other than the particle plate and the data plate
+(dim -1), so the datapoint index survives::
+
+    log w_nk = log p(x_n, z_nk) - log q(z_nk | x_n),     z_nk ~ q(z | x_n),  k = 1..K
+
+Pyro's ``vectorized_importance_weights`` sums over every plate, the data plate included (one
+weight per minibatch), and its ``RenyiELBO`` applies the data plate's N/B scale *inside* the
+log-sum-exp; both lose what an importance-weighted bound per datapoint needs.
+
+A model object may also compute the same :class:`~pyro_vae.model.protocol.LogWeights` itself in
+plain torch (the built-in VAE does, see :meth:`pyro_vae.VAE.log_weights`); training uses that
+between validated steps and checks it against this function (see ``pyro_vae.training.loss``).
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.subsample_messenger import _Subsample
+from torch.distributions import kl_divergence
 
-__all__ = ["LogWeights", "vectorized_log_weights", "site_log_prob"]
+from ..model.protocol import LogWeights
 
+__all__ = ["LogWeights", "log_weights", "latent_sites", "PARTICLE_PLATE"]
 
-class LogWeights(NamedTuple):
-    """``log_w [K, B]``; ``scale`` is the data plate's N/B (1 without subsampling)."""
-
-    log_w: torch.Tensor
-    scale: float
-    model_trace: poutine.Trace
-    guide_trace: poutine.Trace
+#: the name of the outer plate that holds the K particles
+PARTICLE_PLATE = "_num_particles_vectorized"
 
 
-def _particles(fn, num_samples: int, dim: int):
+def _in_particle_plate(fn, num_samples: int, dim: int):
     def wrapped(*args, **kwargs):
-        with pyro.plate("_num_particles_vectorized", num_samples, dim=dim):
+        with pyro.plate(PARTICLE_PLATE, num_samples, dim=dim):
             return fn(*args, **kwargs)
 
     return wrapped
 
 
-def is_scored_site(site: dict) -> bool:
+def _is_scored(site: dict) -> bool:
     return site["type"] == "sample" and not isinstance(site["fn"], _Subsample)
 
 
-def site_log_prob(site: dict, num_dims: int) -> torch.Tensor:
-    """Unscaled, masked log density of a trace site reduced to ``[K or 1, B or 1]``.
+def _is_latent(site: dict) -> bool:
+    return _is_scored(site) and not site["is_observed"]
+
+
+def latent_sites(trace: poutine.Trace) -> list[dict]:
+    """The latent (unobserved, non-plate) sample sites of ``trace``."""
+    return [site for site in trace.nodes.values() if _is_latent(site)]
+
+
+def _reduce(site: dict, lp: torch.Tensor, num_dims: int) -> torch.Tensor:
+    """Mask a site's ``lp`` and reduce it to ``[K or 1, B or 1]``.
 
     ``num_dims`` = max_plate_nesting + 1 (the particle plate). Plates strictly between the
     particle plate (leftmost) and the data plate (dim -1) are summed out.
     """
-    lp = site["fn"].log_prob(site["value"])
     if site["mask"] is not None:
         lp = torch.where(torch.as_tensor(site["mask"], device=lp.device), lp, lp.new_zeros(()))
     if lp.dim() > num_dims:
@@ -61,42 +74,115 @@ def site_log_prob(site: dict, num_dims: int) -> torch.Tensor:
     return lp
 
 
-def _data_scale(trace: poutine.Trace) -> float:
-    scales = {float(s["scale"]) for s in trace.nodes.values() if is_scored_site(s)}
+def _in_data_plate(site: dict) -> bool:
+    return any(f.dim == -1 and f.name != PARTICLE_PLATE for f in site["cond_indep_stack"])
+
+
+def _check_per_datapoint(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> float:
+    """The data plate's scale N/B, after checking that every latent is per datapoint."""
+    sites = [s for t in (model_trace, guide_trace) for s in t.nodes.values() if _is_scored(s)]
+    if any(_in_data_plate(s) for s in sites):
+        for s in sites:
+            if not s["is_observed"] and not _in_data_plate(s):
+                raise ValueError(
+                    f"latent site {s['name']!r} is not in the data plate (a pyro.plate at dim "
+                    f"-1): per-datapoint log weights would count a global latent once per "
+                    f"datapoint; put it in the data plate, or use Pyro's Trace_ELBO for models "
+                    f"with global latents"
+                )
+    scales = {float(s["scale"]) for s in model_trace.nodes.values() if _is_scored(s)}
     if len(scales) > 1:
         raise ValueError(
-            f"per-datapoint importance weights need one subsampling scale for all sites, found "
+            f"per-datapoint log weights need one subsampling scale for all sites, found "
             f"{sorted(scales)}; keep every per-datapoint site in the same data plate"
         )
     return scales.pop() if scales else 1.0
 
 
-def vectorized_log_weights(
-    model, guide, *args, num_samples: int, max_plate_nesting: int = 1, **kwargs
-) -> LogWeights:
-    """Draw ``z_k ~ q(z | x)``, k = 1..K; return ``log p(x, z_k) - log q(z_k | x)`` per datapoint.
+def _stop_parameters(site: dict) -> torch.Tensor:
+    """log q(z) at the site's own draw with the guide's parameters held fixed: the value of
+    ``log q(z)``, its gradient through z only (the path derivative; Roeder et al. 2017).
 
-    ``model`` and ``guide`` take the same ``*args, **kwargs``; their per-datapoint sites must sit
-    in a plate at dim -1 and use at most ``max_plate_nesting`` plates. Returns ``log_w`` of shape
-    ``[K, B]`` (``[K, 1]`` for models with no data plate); gradients flow through reparameterized
-    samples.
+    ``log q_phi(z(phi)) - log q_phi(stop(z)) + stop(log q_phi(stop(z)))``: the middle term's
+    gradient is exactly the direct (score) part that the first term's gradient contains.
+    """
+    fn, value = site["fn"], site["value"]
+    lp = fn.log_prob(value)
+    if not value.requires_grad:
+        return lp
+    at_fixed_z = fn.log_prob(value.detach())
+    return lp - at_fixed_z + at_fixed_z.detach()
+
+
+def _analytic_kl(guide_site: dict, model_site: dict) -> torch.Tensor | None:
+    try:
+        return kl_divergence(guide_site["fn"], model_site["fn"])
+    except NotImplementedError:
+        return None
+
+
+def log_weights(
+    model,
+    guide,
+    *args,
+    num_samples: int = 1,
+    max_plate_nesting: int = 1,
+    pathwise: bool = False,
+    analytic_kl: bool = False,
+    **kwargs,
+) -> LogWeights:
+    """Draw ``z_k ~ q(z | x)``, k = 1..K, and return the per-datapoint log densities.
+
+    Args:
+        model, guide: Pyro programs taking the same ``*args, **kwargs`` (e.g. ``vae.model``,
+            ``vae.guide`` with ``x [B, ...]`` and ``num_data``); per-datapoint sites in a
+            ``pyro.plate`` at dim -1, at most ``max_plate_nesting`` plates.
+        num_samples: K, drawn in one vectorized particle plate at dim ``-max_plate_nesting-1``.
+        pathwise: compute ``log_q`` with the guide's parameters held fixed (gradient through z
+            only), as the path-derivative estimators (STL, DReG) need.
+        analytic_kl: for each latent site whose KL(q || p) Pyro registers, take it out of
+            ``log_p`` and ``log_q`` and return it in ``kl`` (as ``TraceMeanField_ELBO`` does).
+    Returns:
+        :class:`LogWeights` with ``log_p``, ``log_q`` (and ``kl``) of shape ``[K, B]``
+        (``[K, 1]`` for a model without a data plate); gradients flow through reparameterized
+        samples.
+    Raises:
+        ValueError: a latent outside the data plate, or sites with different subsampling scales.
     """
     num_dims = max_plate_nesting + 1
     dim = -num_dims
-    guide_trace = poutine.trace(_particles(guide, num_samples, dim)).get_trace(*args, **kwargs)
-    replayed = poutine.replay(_particles(model, num_samples, dim), trace=guide_trace)
+    guide_trace = poutine.trace(_in_particle_plate(guide, num_samples, dim)).get_trace(
+        *args, **kwargs
+    )
+    replayed = poutine.replay(_in_particle_plate(model, num_samples, dim), trace=guide_trace)
     model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
-    log_w = 0.0
-    for site in model_trace.nodes.values():
-        if is_scored_site(site):
-            log_w = log_w + site_log_prob(site, num_dims)
-    for site in guide_trace.nodes.values():
-        if is_scored_site(site):
-            log_w = log_w - site_log_prob(site, num_dims)
-    if not isinstance(log_w, torch.Tensor):
-        raise ValueError("the model and guide have no sample sites")
-    log_w = log_w.expand(num_samples, log_w.shape[-1])
-    return LogWeights(log_w, _data_scale(model_trace), model_trace, guide_trace)
-
-
-log_weights = vectorized_log_weights  # temporary
+    scale = _check_per_datapoint(model_trace, guide_trace)
+    log_p = log_q = kl = torch.zeros(())
+    analytic = set()
+    for name, site in guide_trace.nodes.items():
+        if not _is_latent(site):
+            continue
+        if analytic_kl and name in model_trace.nodes:
+            site_kl = _analytic_kl(site, model_trace.nodes[name])
+            if site_kl is not None:
+                kl = kl + _reduce(site, site_kl, num_dims)
+                analytic.add(name)
+                continue
+        lq = _stop_parameters(site) if pathwise else site["fn"].log_prob(site["value"])
+        log_q = log_q + _reduce(site, lq, num_dims)
+    for name, site in model_trace.nodes.items():
+        if _is_scored(site) and name not in analytic:
+            log_p = log_p + _reduce(site, site["fn"].log_prob(site["value"]), num_dims)
+    if not any(_is_scored(s) for s in model_trace.nodes.values()):
+        raise ValueError("the model has no sample sites")
+    batch = torch.broadcast_shapes(log_p.shape, log_q.shape, kl.shape)
+    shape = (num_samples, batch[-1] if batch else 1)
+    latents = tuple(s["value"] for s in guide_trace.nodes.values() if _is_latent(s))
+    return LogWeights(
+        log_p=log_p.expand(shape),
+        log_q=log_q.expand(shape),
+        kl=kl.expand(shape) if analytic else None,
+        scale=scale,
+        latents=latents,
+        traces=(model_trace, guide_trace),
+    )

@@ -17,6 +17,7 @@ estimators rely on.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import pyro
@@ -24,6 +25,7 @@ import pyro.distributions as dist
 import torch
 from pyro.util import ignore_jit_warnings
 from torch import nn
+from torch.distributions import kl_divergence
 
 from ..data.checks import check_data
 from .config import ModelConfig
@@ -31,8 +33,38 @@ from .guides import Guide, make_guide
 from .likelihoods import Likelihood, make_likelihood
 from .networks import MLP
 from .priors import Prior, make_prior
+from .protocol import LogWeights
 
 __all__ = ["VAE"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _diagonal_normal(q) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(loc, scale)`` if ``q`` is exactly ``Normal(loc, scale).to_event(1)``, else None."""
+    if isinstance(q, torch.distributions.Independent) and q.reinterpreted_batch_ndims == 1:
+        base = q.base_dist
+        if type(base) in (dist.Normal, torch.distributions.Normal):
+            return base.loc, base.scale
+    return None
+
+
+def _log_q(q, z, gaussian, eps, pathwise: bool) -> torch.Tensor:
+    """log q(z | x) ``[K, B]`` at q's own draw ``z``; with ``pathwise`` the guide's parameters
+    are held fixed (gradient through z only)."""
+    if gaussian is not None:
+        loc, s = gaussian
+        if pathwise:
+            loc, s = loc.detach(), s.detach()
+            eps = (z - loc) / s
+        # Written in the noise: the same value as Normal.log_prob, in fewer operations.
+        return -(0.5 * eps.pow(2) + s.log()).sum(-1) - z.shape[-1] * _HALF_LOG_2PI
+    lq = q.log_prob(z)
+    if not pathwise:
+        return lq
+    at_fixed_z = q.log_prob(z.detach())
+    return lq - at_fixed_z + at_fixed_z.detach()
+
 
 _instances = itertools.count()
 
@@ -103,11 +135,6 @@ class VAE(nn.Module):
         self.decoder = MLP(z_dim, tuple(reversed(hidden)), num_params * x_dim, activation)
         # One param-store name per instance: two VAEs in a process must not share parameters.
         self._pyro_name = f"vae{next(_instances)}"
-        #: whether model/guide call ``pyro.module`` (a "param" site per tensor, every call). Pyro's
-        #: SVI optimizers, JIT ELBOs and ``loss_and_grads`` find parameters through those sites;
-        #: ``train`` turns it off around ``differentiable_loss`` steps, whose torch optimizer
-        #: holds ``vae.parameters()`` (it cost ~5% of a 784-400-20 CPU step).
-        self.register_params = True
 
     @classmethod
     def from_config(cls, config: ModelConfig, **objects) -> VAE:
@@ -162,8 +189,7 @@ class VAE(nn.Module):
     # -- the Pyro program ---------------------------------------------------------------------
     def model(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
         """p(x, z). ``x [B, x_dim]``; ``num_data`` = data-set size N scales the minibatch by N/B."""
-        if self.register_params:
-            pyro.module(self._pyro_name, self)
+        pyro.module(self._pyro_name, self)
         with self._data_plate(x, num_data):
             z = pyro.sample("z", self.prior())
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
@@ -171,10 +197,57 @@ class VAE(nn.Module):
     def guide(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
         """q(z | x). ``x [B, x_dim]``; returns ``z [B, z_dim]`` (``[K, B, z_dim]`` under a
         vectorized particle plate)."""
-        if self.register_params:
-            pyro.module(self._pyro_name, self)
+        pyro.module(self._pyro_name, self)
         with self._data_plate(x, num_data):
             return pyro.sample("z", self.encoder(x))
+
+    def log_weights(
+        self,
+        x: torch.Tensor,
+        num_data: int | None = None,
+        *,
+        num_samples: int = 1,
+        pathwise: bool = False,
+        analytic_kl: bool = False,
+    ) -> LogWeights:
+        """The log weights of :meth:`model` and :meth:`guide` in plain torch (no Pyro tracing).
+
+        The same modules, the same single reparameterized draw ``z [K, B, z_dim]`` from the
+        guide and the same values as :func:`pyro_vae.log_weights` of the Pyro program, whose
+        meaning and arguments it shares (``tests/test_vae.py`` checks values, gradients and the
+        random stream in float64; training checks the values on every validated step).
+        """
+        batch = x.shape[0]
+        scale = 1.0 if num_data is None or num_data == batch else num_data / batch
+        q = self.encoder(x)
+        if q.batch_shape != x.shape[:1] or not q.has_rsample:
+            raise ValueError(
+                f"VAE.log_weights needs one reparameterized q(z | x_n) per datapoint, got a "
+                f"{type(q).__name__} with batch shape {tuple(q.batch_shape)} for {batch} rows "
+                f"(has_rsample={q.has_rsample}); the Pyro program handles this guide"
+            )
+        gaussian = _diagonal_normal(q)
+        if gaussian is not None:
+            loc, s = gaussian
+            # The very draw torch's Normal.rsample makes; eps gives log q(z) below.
+            eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)
+            z = loc + eps * s
+        else:
+            z = q.rsample((num_samples,))
+        log_p = self.likelihood(self.decoder(z)).log_prob(x)  # [K, B]
+        prior = self.prior()
+        kl = None
+        if analytic_kl:
+            try:
+                kl = kl_divergence(q, prior.expand(q.batch_shape)).expand(log_p.shape)
+            except NotImplementedError:  # e.g. a mixture prior: Monte Carlo, as Pyro does
+                kl = None
+        if kl is not None:
+            log_q = torch.zeros_like(log_p)
+        else:
+            log_p = log_p + prior.log_prob(z)
+            log_q = _log_q(q, z, gaussian, eps if gaussian is not None else None, pathwise)
+        return LogWeights(log_p, log_q, kl, scale, (z,))
 
     # -- conveniences -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> dist.Distribution:

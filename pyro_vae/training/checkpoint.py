@@ -18,6 +18,7 @@ import torch
 
 from .._io import atomic_write
 from ..model.config import ModelConfig
+from ..model.vae import VAE
 from .config import TrainConfig, save_config
 
 __all__ = [
@@ -134,8 +135,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", **obj
 
     Pass user-written ``prior=``, ``likelihood=`` or ``guide=`` objects if it was built with them.
     """
-    from ..model.vae import VAE
-
     ckpt = load_checkpoint(path, map_location)
     vae = VAE.from_config(ModelConfig.from_dict(ckpt["model_config"]), **objects)
     try:

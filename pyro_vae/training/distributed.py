@@ -8,8 +8,9 @@ Launch with torchrun, which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MAS
 
 How the pieces fit (see :func:`pyro_vae.train` with ``distributed=True``):
 
-* The loss is an ``nn.Module``, :class:`ELBOLoss`, whose ``forward(x, num_data)`` is the ELBO
-  estimator's surrogate loss; ``DistributedDataParallel`` wraps it and averages gradients.
+* The loss is an ``nn.Module``, :class:`~pyro_vae.training.loss.TrainingLoss`, whose
+  ``forward(x, num_data)`` is the estimator's surrogate loss; ``DistributedDataParallel`` wraps it
+  and averages gradients (:class:`~pyro_vae.training.processes.DataParallel`).
 * Sharding: every rank computes the same permutation from ``(seed, epoch)``; the global batch ``k``
   is ``order[k*W*B : (k+1)*W*B]`` (``W`` processes, ``B`` the per-process batch) and rank ``r``
   takes the ``r``-th contiguous slice of it. The global batches are exactly those of a single
@@ -47,11 +48,9 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from .._device import fork_rng, resolve_device
 from ..infer.evaluate import LogLikelihood, kl_to_prior, log_likelihood, summarize
-from .fast_path import training_loss
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -59,7 +58,6 @@ __all__ = [
     "TORCHRUN_ENV",
     "DistributedContext",
     "DistributedError",
-    "ELBOLoss",
     "init_distributed",
     "get_context",
     "shutdown_distributed",
@@ -214,40 +212,6 @@ def shard(size: int, world_size: int, rank: int) -> tuple[int, int]:
     one and the first ``size % world_size`` ranks get the larger ones."""
     base, extra = divmod(size, world_size)
     return rank * base + min(rank, extra), base + (rank < extra)
-
-
-class ELBOLoss(nn.Module):
-    """The negative ELBO of a VAE as an ``nn.Module``, the form ``DistributedDataParallel`` wraps.
-
-    ``forward(x, num_data)`` returns ``elbo.differentiable_loss(vae.model, vae.guide, x,
-    num_data=num_data)``: the estimator's surrogate loss, with the data plate scaled by
-    ``num_data / len(x)``. Pass the *full* data-set size and the local batch: each rank's loss
-    then estimates the full-data negative ELBO, and DDP's gradient average is the gradient of the
-    estimate from the global batch. ``vae`` is a submodule, so ``ELBOLoss`` owns its parameters.
-
-    With ``fast_path=True`` the calls follow :func:`~pyro_vae.direct.training_loss` (what
-    ``train`` uses): the same loss, with Pyro's validation only on every 50th call and, for
-    ``trace``, ``meanfield``, ``iwae`` and ``renyi`` on the VAE's own program, the Pyro program
-    run only on those calls.
-    """
-
-    def __init__(
-        self, vae: nn.Module, elbo, *, fast_path: bool = False, first_step: int = 0
-    ) -> None:
-        super().__init__()
-        if not hasattr(elbo, "differentiable_loss"):
-            raise TypeError(
-                f"{type(elbo).__name__} has no differentiable_loss, so it cannot be an nn.Module "
-                f"loss (e.g. Pyro's TraceGraph_ELBO); use another estimator"
-            )
-        self.vae = vae
-        self.elbo = elbo
-        self._loss = training_loss(elbo, vae, first_step=first_step) if fast_path else None
-
-    def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        if self._loss is not None:
-            return self._loss(self.vae.model, self.vae.guide, x, num_data)
-        return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, num_data=num_data)
 
 
 @torch.no_grad()

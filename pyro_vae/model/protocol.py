@@ -1,0 +1,54 @@
+"""The protocol every model object obeys, and the log weights it may compute itself.
+
+What :func:`~pyro_vae.train`, :func:`~pyro_vae.evaluate`, :func:`~pyro_vae.gradient_snr` and
+checkpoints accept is any ``torch.nn.Module`` with two Pyro programs::
+
+    model(x, num_data=None)    # p(x, z): per-datapoint sites in pyro.plate("data", dim=-1)
+    guide(x, num_data=None)    # q(z | x): the same plate, scaled by num_data / len(x) when given
+
+Optionally it computes the log weights of those programs itself, in plain torch and on the same
+random draws as the Pyro program (this is the training fast path)::
+
+    log_weights(x, num_data=None, *, num_samples=1, pathwise=False, analytic_kl=False)
+        -> LogWeights
+
+with the meaning of :func:`pyro_vae.log_weights` (which computes it from the Pyro program for any
+pair). Training checks the two against each other on every validated step and falls back to the
+Pyro program, with a warning, when they differ; a subclass that changes ``model``/``guide``
+without changing ``log_weights`` should set ``log_weights = None``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["LogWeights"]
+
+
+class LogWeights(NamedTuple):
+    """Per-datapoint log densities of K particles, each ``[K, B]``.
+
+    ``log_p``: log p(x_n, z_nk) over the model's sample sites; ``log_q``: log q(z_nk | x_n) over
+    the guide's latent sites (with the guide's parameters held fixed, gradient through z only,
+    when asked for ``pathwise``); ``kl``: the analytic KL(q || p) of the latent sites taken out
+    of both (``analytic_kl``), else None; ``scale``: the data plate's N / B (1 without
+    subsampling); ``latents``: the guide's draws, e.g. ``z [K, B, z_dim]``, to which DReG
+    attaches its gradient weights; ``traces``: ``(model_trace, guide_trace)`` when they came
+    from the Pyro program, else None.
+    """
+
+    log_p: torch.Tensor
+    log_q: torch.Tensor
+    kl: torch.Tensor | None
+    scale: float
+    latents: tuple[torch.Tensor, ...] = ()
+    traces: tuple | None = None
+
+    @property
+    def log_w(self) -> torch.Tensor:
+        """``log_p - log_q [K, B]``, the log importance weights (minus ``kl`` where that was
+        taken out: then the per-particle ELBO terms with analytic KL)."""
+        log_w = self.log_p - self.log_q
+        return log_w if self.kl is None else log_w - self.kl

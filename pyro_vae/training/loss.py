@@ -1,0 +1,117 @@
+"""The loss a training step differentiates: the estimator's objective, and what runs when.
+
+For an estimator that is a function of log weights (every one of :mod:`pyro_vae.estimators` but
+``tracegraph``) and a model object that computes its own log weights in plain torch (the built-in
+:class:`~pyro_vae.VAE`), training runs:
+
+* on step 0 and every ``VALIDATE_EVERY``-th step after it (counted from the start of training, a
+  resumed run included): **the Pyro program**, with Pyro's validation on; the model's own log
+  weights are computed first on the same random draws (no gradient) and compared with the
+  program's loss. If they differ, a ``RuntimeWarning`` says so and every later step runs the
+  Pyro program;
+* on the steps between: ``estimator.objective(model.log_weights(x, num_data, ...))``: the same
+  estimator on the same draws, without Pyro's interpreter.
+
+Everything else runs the Pyro program (``estimator.differentiable_loss``) on every step, with
+Pyro's validation on the validated steps only: a model without ``log_weights``, an estimator
+that needs the program (``score``, ``tracegraph``, Pyro's own ELBOs, JIT ELBOs), and any step
+made inside a user's Pyro handler (e.g. ``poutine.scale`` around ``train``), which the model's
+own log weights would not see. ``fast_path=False`` runs the Pyro program, validated, on every
+step.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pyro
+import torch
+from pyro.poutine.runtime import am_i_wrapped
+from torch import nn
+
+from .._device import fork_rng
+
+__all__ = ["TrainingLoss", "VALIDATE_EVERY"]
+
+#: the Pyro program runs, validated, on every this-many-th training step, counting from 0
+VALIDATE_EVERY = 50
+
+
+class TrainingLoss(nn.Module):
+    """``forward(x [B, ...], num_data) -> surrogate loss`` (a scalar, not yet backpropagated).
+
+    ``module`` obeys the model protocol (``model``/``guide``, optionally ``log_weights``);
+    ``elbo`` is any estimator with ``differentiable_loss``. As an ``nn.Module`` that owns
+    ``module``, it is what ``DistributedDataParallel`` wraps. ``first_step`` is the global index
+    of the first call (a resumed run's), so a resumed run validates the same steps.
+    """
+
+    def __init__(self, module: nn.Module, elbo, *, fast_path: bool = True, first_step: int = 0):
+        super().__init__()
+        if not hasattr(elbo, "differentiable_loss"):
+            raise TypeError(
+                f"{type(elbo).__name__} has no differentiable_loss, which training needs (one "
+                f"backward per step); use pyro_vae.make_elbo's estimators, e.g. 'tracegraph' "
+                f"instead of Pyro's TraceGraph_ELBO"
+            )
+        self.module = module
+        self.elbo = elbo
+        self.fast_path = bool(fast_path)
+        self.step = int(first_step)
+        own = getattr(module, "log_weights", None)
+        self.uses_model_log_weights = (
+            self.fast_path
+            and callable(own)
+            and hasattr(elbo, "objective")
+            and getattr(elbo, "accepts_model_log_weights", False)
+        )
+
+    def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        step, self.step = self.step, self.step + 1
+        if not self.fast_path:
+            return self._program(x, num_data)
+        if step % VALIDATE_EVERY == 0:
+            return self._validated(x, num_data)
+        with pyro.validation_enabled(False):
+            if self.uses_model_log_weights and not am_i_wrapped():
+                try:
+                    return self._own(x, num_data)
+                except ValueError:
+                    # Raised before any draw (see VAE.log_weights): the program takes over.
+                    self.uses_model_log_weights = False
+            return self._program(x, num_data)
+
+    def _program(self, x, num_data) -> torch.Tensor:
+        return self.elbo.differentiable_loss(
+            self.module.model, self.module.guide, x, num_data=num_data
+        )
+
+    def _own(self, x, num_data) -> torch.Tensor:
+        lw = self.module.log_weights(x, num_data, **self.elbo.request())
+        return self.elbo.objective(lw)
+
+    def _validated(self, x, num_data) -> torch.Tensor:
+        own = None
+        if self.uses_model_log_weights and not am_i_wrapped():
+            try:
+                with fork_rng(x.device), torch.no_grad(), pyro.validation_enabled(False):
+                    own = self._own(x, num_data)
+            except (ValueError, NotImplementedError):
+                # e.g. a guide the model's own computation cannot draw from: the Pyro program
+                # handles it (or raises its own clear error), now and from now on.
+                self.uses_model_log_weights = False
+        loss = self._program(x, num_data)
+        # A non-finite loss is for train's divergence check; there is nothing to compare.
+        if own is not None and bool(torch.isfinite(loss)):
+            program = loss.detach()
+            if not torch.allclose(own, program, rtol=1e-4, atol=1e-3):
+                self.uses_model_log_weights = False
+                warnings.warn(
+                    f"{type(self.module).__name__}.log_weights gives a {type(self.elbo).__name__} "
+                    f"loss of {float(own):.6g} where its Pyro program gives {float(program):.6g}; "
+                    f"every later step runs the Pyro program. A subclass that changes model or "
+                    f"guide should override log_weights or set log_weights = None.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        return loss

@@ -1,0 +1,139 @@
+"""pyro_vae.log_weights: the one function that runs a model/guide pair, against Pyro's own
+estimators and closed forms."""
+
+import pyro
+import pyro.distributions as dist
+import pyro.infer as infer
+import pytest
+import torch
+from linear_gaussian import ExactPosterior, exact_log_marginal, linear_gaussian_vae, with_guide
+
+import pyro_vae as pv
+
+
+def _vae(prior="normal", guide="normal"):
+    torch.manual_seed(0)
+    return pv.VAE(6, 3, (8,), prior=prior, guide=guide, num_components=3).double()
+
+
+def _x(n=10):
+    return torch.bernoulli(torch.rand(n, 6, generator=torch.Generator().manual_seed(1))).double()
+
+
+def _value_and_grads(fn, module, seed=3):
+    module.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    loss = fn()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    module.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("num_particles", [1, 4])
+@pytest.mark.parametrize(
+    "ours,pyros",
+    [("trace", infer.Trace_ELBO), ("meanfield", infer.TraceMeanField_ELBO)],
+)
+@pytest.mark.parametrize("prior", ["normal", "mixture", "vamp"])
+@pytest.mark.parametrize("guide", ["normal", "iaf"])
+def test_trace_and_meanfield_equal_pyros_own_estimators(ours, pyros, prior, guide, num_particles):
+    """Our estimators are functions of log weights; on per-datapoint models they are Pyro's
+    Trace_ELBO / TraceMeanField_ELBO, value and gradient, in float64."""
+    vae, x = _vae(prior, guide), _x()
+    reference = pyros(
+        num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1
+    )
+    expected, expected_grads = _value_and_grads(
+        lambda: reference.differentiable_loss(vae.model, vae.guide, x, num_data=40), vae
+    )
+    elbo = pv.make_elbo(ours, num_particles)
+    got, grads = _value_and_grads(
+        lambda: elbo.differentiable_loss(vae.model, vae.guide, x, num_data=40), vae
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-9)
+    assert grads.keys() == expected_grads.keys()
+    for name, g in grads.items():
+        torch.testing.assert_close(g, expected_grads[name], rtol=1e-8, atol=1e-9, msg=name)
+
+
+def test_shapes_scale_and_split_of_the_analytic_kl():
+    vae, x = _vae(), _x()
+    lw = pv.log_weights(vae.model, vae.guide, x, num_data=40, num_samples=5)
+    assert lw.log_p.shape == lw.log_q.shape == (5, 10) and lw.kl is None
+    assert lw.scale == 4.0 and lw.latents[0].shape == (5, 10, 3)
+    torch.manual_seed(0)
+    mf = pv.log_weights(vae.model, vae.guide, x, num_samples=5, analytic_kl=True)
+    torch.manual_seed(0)
+    mc = pv.log_weights(vae.model, vae.guide, x, num_samples=5)
+    # The KL of a Gaussian q to N(0, I) is taken out of both log densities ...
+    q = vae.encode(x)
+    kl = torch.distributions.kl_divergence(q, vae.prior().expand(q.batch_shape))
+    torch.testing.assert_close(mf.kl, kl.expand(5, 10))
+    assert torch.equal(mf.log_q, torch.zeros(5, 10))
+    # ... and log p keeps the likelihood only: log p(x|z) = log p(x, z) - log p(z).
+    log_pz = vae.prior().log_prob(mc.latents[0])
+    torch.testing.assert_close(mf.log_p, mc.log_p - log_pz)
+
+
+def test_exact_posterior_gives_exact_log_weights():
+    """Linear-Gaussian model with its exact posterior as guide: every log weight is log p(x)."""
+    torch.manual_seed(0)
+    vae = linear_gaussian_vae()
+    vae = with_guide(vae, ExactPosterior(vae))
+    x = torch.randn(16, 5, dtype=torch.float64)
+    lw = pv.log_weights(vae.model, vae.guide, x, num_samples=7)
+    expected = exact_log_marginal(vae, x).expand(7, 16)
+    torch.testing.assert_close(lw.log_w, expected, rtol=0, atol=1e-10)
+
+
+def test_pathwise_log_q_has_the_value_and_only_the_path_gradient():
+    """log q with the guide's parameters held fixed: same value; its gradient through the
+    encoder is exactly the total derivative minus the direct (score) part."""
+    vae, x = _vae(), _x()
+
+    def log_q(pathwise):
+        torch.manual_seed(0)
+        lw = pv.log_weights(vae.model, vae.guide, x, num_samples=3, pathwise=pathwise)
+        return lw.log_q.sum(), lw
+
+    plain, _ = log_q(False)
+    stopped, lw = log_q(True)
+    torch.testing.assert_close(stopped, plain)
+    enc = list(vae.encoder.parameters())
+    total = torch.autograd.grad(plain, enc, retain_graph=True)
+    path = torch.autograd.grad(stopped, enc, retain_graph=True)
+    # the direct part: q's parameters moved with z held where it is
+    torch.manual_seed(0)
+    q = vae.encoder(x)
+    z = lw.latents[0].detach()
+    direct = torch.autograd.grad(q.log_prob(z).sum(), enc)
+    for t, p, d in zip(total, path, direct, strict=True):
+        torch.testing.assert_close(p, t - d, rtol=1e-8, atol=1e-10)
+
+
+def test_a_global_latent_is_refused_with_the_reason():
+    def model(x, num_data=None):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x), dim=-1):
+            pyro.sample("x", dist.Normal(w, 1.0), obs=x)
+
+    def guide(x, num_data=None):
+        pyro.sample("w", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="'w' is not in the data plate.*global latents"):
+        pv.log_weights(model, guide, torch.zeros(4), num_samples=2)
+
+
+def test_a_model_without_a_data_plate_is_one_datapoint():
+    def model():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=torch.tensor(0.5))
+
+    def guide():
+        pyro.sample("z", dist.Normal(0.25, 0.5**0.5))  # the exact posterior
+
+    lw = pv.log_weights(model, guide, num_samples=6)
+    exact = dist.Normal(0.0, 2**0.5).log_prob(torch.tensor(0.5))
+    assert lw.log_w.shape == (6, 1)
+    torch.testing.assert_close(lw.log_w, exact.expand(6, 1), rtol=0, atol=1e-6)
