@@ -10,10 +10,9 @@ from typing import NamedTuple
 import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
-from torch.distributions import kl_divergence
 
 from .._device import fork_rng
-from .log_weights import log_weights
+from .log_weights import latent_sites, log_weights
 
 __all__ = [
     "LogLikelihood",
@@ -130,16 +129,24 @@ def log_likelihood(
 
 
 @torch.no_grad()
-def kl_to_prior(vae, data: torch.Tensor, num_samples: int = 100) -> torch.Tensor:
-    """KL(q(z | x_n) || p(z)) per datapoint ``[N]``: analytic where Pyro registers it, otherwise a
-    Monte Carlo estimate with ``num_samples`` draws."""
-    q = vae.encode(data)
-    p = vae.prior()
-    try:
-        return kl_divergence(q, p.expand(q.batch_shape))
-    except NotImplementedError:
-        z = q.sample((num_samples,))
-        return (q.log_prob(z) - p.log_prob(z)).mean(0)
+def kl_to_prior(
+    vae, data: torch.Tensor, num_samples: int = 100, *, max_elements: int = DEFAULT_MAX_ELEMENTS
+) -> torch.Tensor:
+    """KL(q(z | x_n) || p(z)) per datapoint ``[N]``, summed over every latent site of the model's
+    own program (its own prior, e.g. p(z1 | z2) in a hierarchy): the closed form where Pyro
+    registers one, a Monte Carlo estimate E_q[log q - log p] with ``num_samples`` draws for the
+    other sites. Computed from :func:`~pyro_vae.log_weights` in batches of bounded size."""
+    n, d = len(data), max(1, data[0].numel())
+    batch = max(1, min(n, max_elements // (d * num_samples)))
+    out = []
+    for start, b in _chunks(n, batch):
+        x = data[start : start + b]
+        lw = log_weights(vae.model, vae.guide, x, num_samples=1, analytic_kl=True)
+        if len(lw.analytic) < len(latent_sites(lw.traces[1])):  # some sites need Monte Carlo
+            lw = log_weights(vae.model, vae.guide, x, num_samples=num_samples, analytic_kl=True)
+        kl = lw.kl if lw.kl is not None else torch.zeros_like(lw.log_q)
+        out.append((kl + lw.log_q - (lw.log_p - lw.log_lik)).mean(0))
+    return torch.cat(out)
 
 
 ACTIVE_UNIT_THRESHOLD = 1e-2

@@ -158,7 +158,7 @@ def log_weights(
     model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     scale = _check_per_datapoint(model_trace, guide_trace)
     log_p = log_q = kl = torch.zeros(())
-    analytic = set()
+    analytic: set[str] = set()
     for name, site in guide_trace.nodes.items():
         if not _is_latent(site):
             continue
@@ -170,9 +170,13 @@ def log_weights(
                 continue
         lq = _stop_parameters(site) if pathwise else site["fn"].log_prob(site["value"])
         log_q = log_q + _reduce(site, lq, num_dims)
+    log_lik = torch.zeros(())
     for name, site in model_trace.nodes.items():
         if _is_scored(site) and name not in analytic:
-            log_p = log_p + _reduce(site, site["fn"].log_prob(site["value"]), num_dims)
+            lp = _reduce(site, site["fn"].log_prob(site["value"]), num_dims)
+            log_p = log_p + lp
+            if site["is_observed"]:
+                log_lik = log_lik + lp
     if not any(_is_scored(s) for s in model_trace.nodes.values()):
         raise ValueError("the model has no sample sites")
     batch = torch.broadcast_shapes(log_p.shape, log_q.shape, kl.shape)
@@ -185,4 +189,6 @@ def log_weights(
         scale=scale,
         latents=latents,
         traces=(model_trace, guide_trace),
+        log_lik=log_lik.expand(shape),
+        analytic=tuple(sorted(analytic)),
     )

@@ -36,7 +36,9 @@ class LogWeights(NamedTuple):
     of both (``analytic_kl``), else None; ``scale``: the data plate's N / B (1 without
     subsampling); ``latents``: the guide's draws, e.g. ``z [K, B, z_dim]``, to which DReG
     attaches its gradient weights; ``traces``: ``(model_trace, guide_trace)`` when they came
-    from the Pyro program, else None.
+    from the Pyro program, else None; ``log_lik``: the observed sites' part of ``log_p``,
+    log p(x_n | z_nk) (so ``log_p - log_lik`` is the prior's); ``analytic``: the names of the
+    latent sites whose KL is in ``kl``.
     """
 
     log_p: torch.Tensor
@@ -45,6 +47,8 @@ class LogWeights(NamedTuple):
     scale: float
     latents: tuple[torch.Tensor, ...] = ()
     traces: tuple | None = None
+    log_lik: torch.Tensor | None = None
+    analytic: tuple[str, ...] = ()
 
     @property
     def log_w(self) -> torch.Tensor:

@@ -234,7 +234,8 @@ class VAE(nn.Module):
             z = loc + eps * s
         else:
             z = q.rsample((num_samples,))
-        log_p = self.likelihood(self.decoder(z)).log_prob(x)  # [K, B]
+        log_lik = self.likelihood(self.decoder(z)).log_prob(x)  # [K, B]
+        log_p = log_lik
         prior = self.prior()
         kl = None
         if analytic_kl:
@@ -247,7 +248,8 @@ class VAE(nn.Module):
         else:
             log_p = log_p + prior.log_prob(z)
             log_q = _log_q(q, z, gaussian, eps if gaussian is not None else None, pathwise)
-        return LogWeights(log_p, log_q, kl, scale, (z,))
+        analytic = ("z",) if kl is not None else ()
+        return LogWeights(log_p, log_q, kl, scale, (z,), None, log_lik, analytic)
 
     # -- conveniences -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> dist.Distribution:
