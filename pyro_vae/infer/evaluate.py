@@ -25,8 +25,7 @@ __all__ = [
 #: elements of one ``[K_chunk, B, D]`` tensor, bounding memory whatever K and N are
 DEFAULT_MAX_ELEMENTS = 2**24
 #: the default batch leaves room for chunks of at least min(K, this) samples: the guide runs once
-#: per chunk, and chunks of 2 (10,000 images at once) made a 784-400-20 encoder cost half as much
-#: as the decoder
+#: per chunk, so tiny chunks of many images would spend a large share of the time in the encoder
 MIN_CHUNK = 128
 
 
@@ -105,7 +104,7 @@ def log_likelihood(
         # Pyro's validation (each datapoint's support, the distributions' arguments, the site
         # shapes) runs on a first chunk of one sample per batch; the other chunks rerun the same
         # program on the same x without it: its checks of a [chunk, B, D] likelihood's
-        # arguments cost ~5% of an evaluation on a CPU.
+        # arguments are a visible share of an evaluation on a CPU (see benchmarks/).
         first = 1 if is_validation_enabled() else None
         for j, (_, k) in enumerate(_chunks(num_samples, chunk_size, first)):
             with pyro.validation_enabled(False) if j else contextlib.nullcontext():

@@ -2,7 +2,8 @@
 
 A guide is an ``nn.Module`` whose ``forward(x [B, x_dim])`` returns a distribution with batch shape
 ``[B]`` and event shape ``[z_dim]``, and whose ``gaussian(x)`` returns its diagonal-Normal stage
-(used by the VampPrior and for posterior means).
+(what the VampPrior mixes). Posterior means (:meth:`pyro_vae.VAE.posterior_mean`) use the full
+q's ``mean`` where it has one and a Monte Carlo mean otherwise (an IAF).
 """
 
 from __future__ import annotations

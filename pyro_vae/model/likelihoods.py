@@ -35,7 +35,7 @@ class Likelihood(nn.Module):
     """Base class. ``num_params`` decoder outputs per data dimension."""
 
     num_params: int = 1
-    #: human-readable support, used in error messages
+    #: human-readable support, named in the data check's error message
     support_text: str = "real numbers"
 
     def __init__(self, x_dim: int) -> None:
@@ -53,7 +53,7 @@ class Likelihood(nn.Module):
 class _BernoulliEvent(dist.Independent):
     """``Bernoulli(logits).to_event(1)`` whose ``log_prob`` sums the cross-entropy over the event
     before negating it. torch's ``Bernoulli.log_prob`` negates the whole ``[..., x_dim]`` tensor:
-    one more pass over the largest tensor of a K-sample evaluation (~10% of its time on a CPU)."""
+    one more pass over the largest tensor of a K-sample evaluation (measured in benchmarks/)."""
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
@@ -76,7 +76,7 @@ class BernoulliLikelihood(Likelihood):
         if bool(nonbinary.any()):
             example = float(x[nonbinary][0])
             raise ValueError(
-                f"the bernoulli likelihood needs binary {what} in {{0, 1}}, but "
+                f"the bernoulli likelihood needs binary {what} in {self.support_text}, but "
                 f"{int(nonbinary.sum())} values are not (e.g. {example:.4g}): grayscale pixels "
                 f"are not Bernoulli outcomes. Binarize the data (pyro_vae.binarize, or "
                 f"binarize='dynamic' in training) or pick a continuous likelihood: {_CONTINUOUS}"
@@ -146,7 +146,7 @@ class ContinuousBernoulliLikelihood(Likelihood):
         outside = (x < 0) | (x > 1)
         if bool(outside.any()):
             raise ValueError(
-                f"the continuous_bernoulli likelihood needs {what} in [0, 1], but "
+                f"the continuous_bernoulli likelihood needs {what} in {self.support_text}, but "
                 f"{int(outside.sum())} values are outside (min {float(x.min()):.4g}, max "
                 f"{float(x.max()):.4g}); rescale the data to [0, 1] or pick gaussian or laplace"
             )
