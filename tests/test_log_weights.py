@@ -6,6 +6,7 @@ import pyro.distributions as dist
 import pyro.infer as infer
 import pytest
 import torch
+from gradcheck import loss_grads_and_rng
 from linear_gaussian import ExactPosterior, exact_log_marginal, linear_gaussian_vae, with_guide
 
 import pyro_vae as pv
@@ -18,16 +19,6 @@ def _vae(prior="normal", guide="normal"):
 
 def _x(n=10):
     return torch.bernoulli(torch.rand(n, 6, generator=torch.Generator().manual_seed(1))).double()
-
-
-def _value_and_grads(fn, module, seed=3):
-    module.zero_grad(set_to_none=True)
-    torch.manual_seed(seed)
-    loss = fn()
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
-    module.zero_grad(set_to_none=True)
-    return loss.detach(), grads
 
 
 @pytest.mark.parametrize("num_particles", [1, 4])
@@ -44,11 +35,11 @@ def test_trace_and_meanfield_equal_pyros_own_estimators(ours, pyros, prior, guid
     reference = pyros(
         num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1
     )
-    expected, expected_grads = _value_and_grads(
+    expected, expected_grads, _ = loss_grads_and_rng(
         lambda: reference.differentiable_loss(vae.model, vae.guide, x, num_data=40), vae
     )
     elbo = pv.make_elbo(ours, num_particles)
-    got, grads = _value_and_grads(
+    got, grads, _ = loss_grads_and_rng(
         lambda: elbo.differentiable_loss(vae.model, vae.guide, x, num_data=40), vae
     )
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-9)

@@ -6,6 +6,7 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
+from gradcheck import loss_grads_and_rng
 
 import pyro_vae as pv
 
@@ -174,16 +175,6 @@ _LIKELIHOODS = ["bernoulli", "gaussian", "learned_gaussian", "continuous_bernoul
 _OWN = ["trace", "meanfield", "iwae", "renyi", "stl", "dreg", "tail_adaptive"]
 
 
-def _loss_grads_and_rng(fn, vae, seed=7):
-    vae.zero_grad(set_to_none=True)
-    torch.manual_seed(seed)
-    loss = fn()
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in vae.named_parameters() if p.grad is not None}
-    vae.zero_grad(set_to_none=True)
-    return loss.detach(), grads, torch.get_rng_state()
-
-
 @pytest.mark.parametrize(
     "estimator,num_particles",
     [(e, k) for e in _OWN for k in (1, 3) if not (e == "tail_adaptive" and k == 1)],
@@ -202,10 +193,10 @@ def test_own_log_weights_equal_the_pyro_program(prior, likelihood, guide, estima
     ).double()
     x = torch.bernoulli(torch.rand(10, 6, generator=torch.Generator().manual_seed(1))).double()
     elbo = pv.make_elbo(estimator, num_particles)
-    expected, expected_grads, expected_rng = _loss_grads_and_rng(
+    expected, expected_grads, expected_rng = loss_grads_and_rng(
         lambda: elbo.differentiable_loss(vae.model, vae.guide, x, num_data=250), vae
     )
-    got, grads, rng = _loss_grads_and_rng(
+    got, grads, rng = loss_grads_and_rng(
         lambda: elbo.objective(vae.log_weights(x, 250, **elbo.request())), vae
     )
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-9)
