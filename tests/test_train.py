@@ -127,11 +127,14 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
     monkeypatch.setattr(torch, "save", real_save)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert pv.load_checkpoint(tmp_path)["epoch"] == 1
+    # the previous checkpoint (here: the same epoch, linked before the failed write) is kept
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.prev.pt",
         "checkpoint.pt",
         "config.json",
         "metrics.jsonl",
     ]
+    assert (tmp_path / "checkpoint.prev.pt").read_bytes() == before
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -249,7 +252,7 @@ def test_corrupt_foreign_and_missing_checkpoints(tmp_path):
     bad = tmp_path / "truncated.pt"
     torch.save({"format": "pyro_vae.checkpoint"}, bad)
     bad.write_bytes(bad.read_bytes()[:20])
-    with pytest.raises(pv.CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(pv.CheckpointError, match="is corrupt: it is not a torch checkpoint"):
         pv.load_checkpoint(bad)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weight": torch.zeros(2)}, foreign)

@@ -25,7 +25,15 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_text
 from ..data import as_tensor, check_data
 from ..infer.estimators import make_elbo
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, get_rng_state, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    PREVIOUS_NAME,
+    CheckpointError,
+    get_rng_state,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from .config import TrainConfig, lr_at_epoch
 from .errors import TrainingDiverged
 from .loss import TrainingLoss
@@ -34,6 +42,9 @@ from .processes import DataParallel, SingleProcess
 __all__ = ["TrainingDiverged", "TrainResult", "train", "METRICS_NAME"]
 
 METRICS_NAME = "metrics.jsonl"
+#: the files train writes atomically into out_dir (their interrupted writes' temporaries are
+#: removed at start and after each checkpoint)
+_RUN_FILES = (CHECKPOINT_NAME, PREVIOUS_NAME, CONFIG_NAME, METRICS_NAME)
 
 
 @dataclass
@@ -89,6 +100,8 @@ def train(
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir (where the checkpoint is)")
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+    if ckpt_path is not None and procs.is_main and ckpt_path.parent.is_dir():
+        remove_stale_temporaries(ckpt_path.parent, _RUN_FILES)
     x_train = _prepare(vae, train_data, "training data", config.binarize, device)
     x_test = None if test_data is None else _prepare(vae, test_data, "test data", None, device)
     if len(x_train) < procs.world_size:
@@ -239,6 +252,7 @@ def _save(ckpt_path: Path, vae, optimizer, elbo, history: list[dict], config) ->
         estimator_state=elbo.state_dict() if hasattr(elbo, "state_dict") else None,
     )
     _write_metrics(ckpt_path.parent, history)
+    remove_stale_temporaries(ckpt_path.parent, _RUN_FILES)
 
 
 def _prepare(vae, data, what: str, binarize: str | None, device: torch.device) -> torch.Tensor:
