@@ -205,7 +205,10 @@ def test_resume_with_a_different_number_of_processes(two_ranks, tmp_path):
     cfg = replace(CFG, batch_size=WORLD * B, epochs=2)
     resumed = _delta_vae()
     torch.manual_seed(123)  # the resumed run must not depend on what happened before
-    res = pv.train(resumed, x, xt, cfg, out_dir=tmp_path / "run", resume=True)
+    # The same global batch on one process is another per-process batch_size: said explicitly.
+    res = pv.train(
+        resumed, x, xt, cfg, out_dir=tmp_path / "run", resume=True, override=["batch_size"]
+    )
     assert [r["epoch"] for r in res.history] == [1, 2]
     assert res.history[0]["world_size"] == WORLD and "world_size" not in res.history[1]
     uninterrupted = _delta_vae()

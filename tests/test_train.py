@@ -101,11 +101,35 @@ def test_resume_ends_with_the_same_parameters_as_an_uninterrupted_run(tmp_path):
 def test_resume_refuses_a_different_architecture(tmp_path):
     x, xt = _data()
     pv.train(_vae(), x, xt, pv.TrainConfig(epochs=1, progress=False), out_dir=tmp_path)
-    other = pv.VAE(6, 3, (8,), likelihood="continuous_bernoulli")
-    with pytest.raises(pv.CheckpointError, match="cannot resume.*model config"):
+    other = pv.VAE(6, 2, (8,), likelihood="laplace")
+    with pytest.raises(pv.CheckpointError, match="cannot resume.*model differs") as info:
         pv.train(
             other, x, xt, pv.TrainConfig(epochs=2, progress=False), out_dir=tmp_path, resume=True
         )
+    # only what differs is named
+    text = str(info.value)
+    assert "likelihood: 'continuous_bernoulli' in the checkpoint, 'laplace' now" in text
+    assert "z_dim" not in text and "hidden_dims" not in text
+
+
+def test_resume_refuses_other_training_settings_unless_overridden(tmp_path):
+    x, xt = _data()
+    first = pv.TrainConfig(epochs=1, progress=False)
+    pv.train(_vae(), x, xt, first, out_dir=tmp_path)
+    changed = pv.TrainConfig(epochs=2, lr=1e-2, batch_size=8, progress=False)
+    with pytest.raises(pv.CheckpointError, match=r"batch_size: 128 -> 8, lr: 0.001 -> 0.01"):
+        pv.train(_vae(), x, xt, changed, out_dir=tmp_path, resume=True)
+    assert pv.load_checkpoint(tmp_path)["epoch"] == 1  # nothing was trained or written
+    pv.train(_vae(), x, xt, changed, out_dir=tmp_path, resume=True, override=["lr", "batch_size"])
+    ckpt = pv.load_checkpoint(tmp_path)
+    assert ckpt["epoch"] == 2
+    assert ckpt["config_changes"] == [
+        {"epoch": 1, "changed": {"batch_size": [128, 8], "epochs": [1, 2], "lr": [0.001, 0.01]}}
+    ]
+    # more epochs alone is what resuming is for
+    longer = pv.TrainConfig(epochs=3, lr=1e-2, batch_size=8, progress=False)
+    pv.train(_vae(), x, xt, longer, out_dir=tmp_path, resume=True)
+    assert len(pv.load_checkpoint(tmp_path)["config_changes"]) == 2
 
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):

@@ -4,16 +4,73 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 __all__ = ["ModelConfig", "JsonConfig"]
 
+
+def _conforms(value: Any, hint: Any) -> tuple[bool, Any]:
+    """``(ok, value to store)`` for ``value`` against a type annotation."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arm in args:
+            ok, fixed = _conforms(value, arm)
+            if ok:
+                return True, fixed
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    if origin is tuple:
+        if not isinstance(value, tuple | list):
+            return False, value
+        parts = [_conforms(v, args[0]) for v in value]
+        return all(ok for ok, _ in parts), tuple(v for _, v in parts)
+    return True, value
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        return f"a tuple of {_describe(args[0]).split(' ', 1)[1]}s"
+    names = {int: "an int", float: "a float", str: "a str", bool: "a bool", type(None): "None"}
+    return names.get(hint, f"a {getattr(hint, '__name__', hint)}")
+
+
 C = TypeVar("C", bound="JsonConfig")
 
 
 class JsonConfig:
-    """``to_dict``/``from_dict``/``to_json``/``from_json`` for a frozen dataclass."""
+    """``to_dict``/``from_dict``/``to_json``/``from_json`` for a frozen dataclass, and a check
+    of every field's type against its annotation (``check_types``, from ``__post_init__``)."""
+
+    def check_types(self) -> None:
+        """Raise a TypeError naming the field, the value and the expected type. Ints are
+        accepted (and stored as floats) where a float is expected; bools are not ints here."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            ok, fixed = _conforms(value, hint)
+            if not ok:
+                raise TypeError(
+                    f"{type(self).__name__}.{f.name} must be {_describe(hint)}, got {value!r} "
+                    f"({type(value).__name__})"
+                )
+            if fixed is not value:
+                object.__setattr__(self, f.name, fixed)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -61,5 +118,6 @@ class ModelConfig(JsonConfig):
     likelihood_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        self.check_types()
         if self.x_dim < 1 or self.z_dim < 1:
             raise ValueError(f"x_dim and z_dim must be >= 1, got {self.x_dim} and {self.z_dim}")

@@ -82,9 +82,11 @@ def save_checkpoint(
     train_config: TrainConfig | None = None,
     rng_state: dict[str, Any] | None = None,
     estimator_state: dict[str, Any] | None = None,
+    config_changes: list[dict] | None = None,
 ) -> Path:
     """Write a checkpoint atomically, and ``config.json`` beside it. ``estimator_state``: the
-    ELBO's own state where it has one (``Score_ELBO``'s baseline), restored on resume."""
+    ELBO's own state where it has one (``Score_ELBO``'s baseline), restored on resume;
+    ``config_changes`` the training settings changed on resumes, with the epoch of each."""
     path = Path(path)
     ckpt: dict[str, Any] = {
         "format": FORMAT,
@@ -97,6 +99,9 @@ def save_checkpoint(
         "history": list(history or []),
         "rng": rng_state if rng_state is not None else get_rng_state(),
         "estimator": estimator_state,
+        # [{"epoch": E, "changed": {field: [before, after]}}]: settings changed on a resume after
+        # epoch E, so that train_config with these describes every epoch trained
+        "config_changes": list(config_changes or []),
     }
     ckpt["sha256"] = digest(ckpt)
     try:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .._io import atomic_write_json
 from ..model.config import JsonConfig, ModelConfig
 
@@ -42,6 +44,7 @@ class TrainConfig(JsonConfig):
     lr_schedule: str | None = None
 
     def __post_init__(self) -> None:
+        self.check_types()
         checks = {
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
@@ -57,6 +60,14 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"lr_schedule must be None or 'burda2015', got {self.lr_schedule!r}")
         if self.binarize not in (None, "dynamic"):
             raise ValueError(f"binarize must be None or 'dynamic', got {self.binarize!r}")
+        try:
+            kind = torch.device(self.device).type
+        except RuntimeError:
+            kind = None
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(
+                f"TrainConfig.device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
+            )
 
 
 def lr_at_epoch(config: TrainConfig, epoch: int) -> float:
@@ -80,6 +91,15 @@ def save_config(path: str | Path, model: ModelConfig, train: TrainConfig | None 
 
 def load_config(path: str | Path) -> tuple[ModelConfig, TrainConfig | None]:
     """Read a file written by :func:`save_config`."""
-    obj = json.loads(Path(path).read_text())
-    train = TrainConfig.from_dict(obj["train"]) if "train" in obj else None
-    return ModelConfig.from_dict(obj["model"]), train
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+        train = TrainConfig.from_dict(obj["train"]) if obj.get("train") is not None else None
+        return ModelConfig.from_dict(obj["model"]), train
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(
+            f"{path} is not a pyro_vae config (JSON with a 'model' and an optional 'train' "
+            f"object, as save_config writes): {type(e).__name__}: {e}"
+        ) from e

@@ -69,6 +69,7 @@ def train(
     callbacks: Iterable[Callable[[dict], None]] = (),
     elbo=None,
     distributed: bool = False,
+    override: Iterable[str] = (),
 ) -> TrainResult:
     """Train ``vae`` with SVI.
 
@@ -109,7 +110,8 @@ def train(
     vae.to(device)
     elbo = make_elbo(config.elbo, config.num_particles, jit=config.jit) if elbo is None else elbo
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
-    history = _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume)
+    run = _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume, set(override))
+    history = run["history"]
     plan = _BatchPlan(len(x_train), config.batch_size, procs)
     loss = TrainingLoss(
         vae, elbo, fast_path=config.fast_path, first_step=len(history) * plan.num_steps
@@ -123,7 +125,7 @@ def train(
                 evaluation = _evaluate_epoch(procs, vae, x_test, config, epoch, record)
         history.append(procs.describe(record))
         if ckpt_path is not None and procs.is_main:
-            _save(ckpt_path, vae, optimizer, elbo, history, config)
+            _save(ckpt_path, vae, optimizer, elbo, history, config, run["config_changes"])
         if procs.is_main:
             for cb in callbacks:
                 cb(history[-1])
@@ -215,18 +217,22 @@ def _evaluate_epoch(procs, vae, x_test, config, epoch, record) -> dict:
     return stats
 
 
-def _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume) -> list[dict]:
-    """The history so far: the checkpoint's on resume (model, optimizer, RNG and estimator state
-    restored), else empty with the seed set."""
+#: TrainConfig fields a resumed run may change freely: they do not change what was trained
+RESUMABLE_CHANGES = ("epochs", "progress", "device")
+
+
+def _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume, override) -> dict:
+    """The run so far: ``{"history", "config_changes"}`` from the checkpoint on resume (model,
+    optimizer, RNG and estimator state restored), else empty with the seed set."""
     ckpt = procs.load(ckpt_path, device) if resume else None
     if ckpt is None:
         pyro.set_rng_seed(config.seed)
-        return []
-    if ckpt["model_config"] != vae.config.to_dict():
-        raise CheckpointError(
-            f"cannot resume: {ckpt_path} was written for model config "
-            f"{ckpt['model_config']}, not {vae.config.to_dict()}"
-        )
+        return {"history": [], "config_changes": []}
+    _check_model_config(ckpt_path, ckpt["model_config"], vae.config.to_dict())
+    changes = list(ckpt.get("config_changes") or [])
+    changed = _check_train_config(ckpt_path, ckpt.get("train_config"), config, override)
+    if changed:
+        changes.append({"epoch": int(ckpt["epoch"]), "changed": changed})
     vae.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     procs.restore_rng(ckpt["rng"])
@@ -237,10 +243,43 @@ def _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume) -> 
         raise CheckpointError(f"{ckpt_path}: epoch {ckpt['epoch']} but {len(history)} records")
     if procs.is_main:
         _write_metrics(ckpt_path.parent, history)
-    return history
+    return {"history": history, "config_changes": changes}
 
 
-def _save(ckpt_path: Path, vae, optimizer, elbo, history: list[dict], config) -> None:
+def _differences(old: dict, new: dict) -> dict:
+    return {
+        k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+    }
+
+
+def _check_model_config(ckpt_path, saved: dict, current: dict) -> None:
+    diff = _differences(saved, current)
+    if diff:
+        listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+        raise CheckpointError(
+            f"cannot resume from {ckpt_path}: the model differs ({listed}); build the model "
+            f"the checkpoint was written for, or start a new run in another directory"
+        )
+
+
+def _check_train_config(ckpt_path, saved: dict | None, config, override) -> dict:
+    """The training settings that change on this resume; refuses changes not allowed."""
+    if saved is None:
+        return {}
+    diff = _differences(saved, config.to_dict())
+    refused = {k: v for k, v in diff.items() if k not in RESUMABLE_CHANGES and k not in override}
+    if refused:
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise CheckpointError(
+            f"cannot resume from {ckpt_path} with other training settings ({listed}): the "
+            f"epochs already trained used the checkpoint's. Resume with the same settings, or "
+            f"allow these changes explicitly (train(..., override={sorted(refused)}), "
+            f"--override {','.join(sorted(refused))}); they are then recorded in the checkpoint"
+        )
+    return {k: v for k, v in diff.items() if k != "progress"}
+
+
+def _save(ckpt_path: Path, vae, optimizer, elbo, history: list[dict], config, changes) -> None:
     save_checkpoint(
         ckpt_path,
         vae,
@@ -250,6 +289,7 @@ def _save(ckpt_path: Path, vae, optimizer, elbo, history: list[dict], config) ->
         train_config=config,
         rng_state=get_rng_state(),
         estimator_state=elbo.state_dict() if hasattr(elbo, "state_dict") else None,
+        config_changes=changes,
     )
     _write_metrics(ckpt_path.parent, history)
     remove_stale_temporaries(ckpt_path.parent, _RUN_FILES)
