@@ -312,3 +312,13 @@ def test_cuda_training_matches_cpu_evaluation(tmp_path):
     a = pv.evaluate(cpu, xt, num_samples=2000, seed=0)["log_likelihood"]
     b = pv.evaluate(gpu, xt.cuda(), num_samples=2000, seed=0)["log_likelihood"]
     assert abs(a - b) < 0.05
+
+
+def test_a_finite_but_absurd_elbo_warns_with_advice():
+    x, _ = _data()
+    cfg = pv.TrainConfig(epochs=2, lr=1e6, batch_size=8, eval_every=0, progress=False)
+    with pytest.warns(RuntimeWarning, match="training looks diverged.*lower --lr"):
+        try:
+            pv.train(_vae(), x, config=cfg)
+        except pv.TrainingDiverged:
+            pytest.fail("lr=1e6 on this model stays finite; the guard must warn, not only NaN")

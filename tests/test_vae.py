@@ -233,3 +233,56 @@ def test_own_log_weights_refuse_a_guide_without_rsample():
     vae = pv.VAE(6, 3, (8,), guide=NoRsample(6, 3, (8,), "relu"))
     with pytest.raises(ValueError, match="reparameterized q\\(z \\| x_n\\) per datapoint"):
         vae.log_weights(torch.zeros(4, 6))
+
+
+# -- components are checked once, at construction -----------------------------------------------
+
+
+class _TensorPrior(pv.Prior):
+    def forward(self):
+        return torch.zeros(self.z_dim)
+
+
+class _EventlessPrior(pv.Prior):
+    def forward(self):
+        return pyro.distributions.Normal(torch.zeros(self.z_dim), 1.0)
+
+
+class _WideLikelihood(pv.Likelihood):
+    def forward(self, params):
+        return pyro.distributions.Bernoulli(logits=params[..., :1]).to_event(1)
+
+
+class _GuideWithoutEvent(pv.Guide):
+    def forward(self, x):
+        return pyro.distributions.Normal(torch.zeros(len(x), self.z_dim), 1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (dict(prior=_TensorPrior(3)), TypeError, "the prior returned a Tensor, not a distribution"),
+        (dict(prior=_EventlessPrior(3)), ValueError, r"the prior .*event shape \[\].*\[3\]"),
+        (
+            dict(likelihood=_WideLikelihood(6)),
+            ValueError,
+            r"the likelihood .*expected event shape \[6\]",
+        ),
+        (
+            dict(guide=_GuideWithoutEvent(6, 3)),
+            ValueError,
+            r"the guide .*batch \[B\], event \[z_dim\]",
+        ),
+    ],
+    ids=["prior tensor", "prior event", "likelihood event", "guide event"],
+)
+def test_a_component_that_breaks_its_contract_is_named_at_construction(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        pv.VAE(6, 3, (8,), **kwargs)
+
+
+def test_log_likelihood_gives_the_librarys_support_message():
+    vae = pv.VAE(6, 3, (8,))
+    grey = torch.rand(4, 6)
+    with pytest.raises(ValueError, match="bernoulli likelihood needs binary data in \\{0, 1\\}"):
+        pv.log_likelihood(vae.model, vae.guide, grey, num_samples=2)

@@ -65,6 +65,7 @@ def log_likelihood(
     max_plate_nesting: int = 1,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     return_stats: bool = False,
+    check_data: bool = True,
     **kwargs,
 ) -> torch.Tensor | LogLikelihood:
     """K-sample importance-sampled estimate of log p(x_n) for each datapoint::
@@ -83,11 +84,18 @@ def log_likelihood(
         data: ``[N, ...]``.
         num_samples: K.
         batch_size: datapoints per forward pass (default: chosen from ``max_elements``).
+        check_data: run the model object's ``check_data`` (e.g. :meth:`pyro_vae.VAE.check_data`)
+            first, where ``model`` is a bound method of one that has it.
     Returns:
         ``[N]`` log-likelihoods in nats, or a :class:`LogLikelihood` with ``return_stats=True``.
     """
     if not isinstance(data, torch.Tensor) or data.dim() < 1 or len(data) == 0:
         raise ValueError("data must be a non-empty tensor of shape [N, ...]")
+    # The model's own data check (shape, NaNs, the likelihood's support) where it has one, so
+    # that grayscale pixels under a Bernoulli get the library's message, not Pyro's.
+    check = getattr(getattr(model, "__self__", None), "check_data", None)
+    if check_data and callable(check):
+        check(data, "data")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     n = data.shape[0]
@@ -197,7 +205,7 @@ def evaluate(
         if seed is not None:
             torch.manual_seed(seed)
         stats = log_likelihood(
-            vae.model, vae.guide, data, num_samples, batch_size, return_stats=True
+            vae.model, vae.guide, data, num_samples, batch_size, return_stats=True, check_data=False
         )
         kl = kl_to_prior(vae, data)
     return summarize(stats, kl, vae.posterior_mean(data), num_samples)

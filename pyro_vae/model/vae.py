@@ -49,6 +49,25 @@ def _diagonal_normal(q) -> tuple[torch.Tensor, torch.Tensor] | None:
     return None
 
 
+def _expect(component: str, d, batch: tuple, event: tuple, contract: str) -> None:
+    if not isinstance(d, torch.distributions.Distribution):
+        raise TypeError(
+            f"the {component} returned a {type(d).__name__}, not a distribution; it must return "
+            f"{contract}, e.g. dist.Normal(loc, scale).to_event(1)"
+        )
+    try:
+        torch.broadcast_shapes(tuple(d.batch_shape), batch)
+        broadcasts = len(d.batch_shape) <= len(batch)
+    except RuntimeError:
+        broadcasts = False
+    if tuple(d.event_shape) != event or not broadcasts:
+        raise ValueError(
+            f"the {component} returned a distribution with batch shape {list(d.batch_shape)} and "
+            f"event shape {list(d.event_shape)}; it must return {contract} (expected event shape "
+            f"{list(event)}: declare event dims with .to_event(1))"
+        )
+
+
 def _log_q(q, z, gaussian, eps, pathwise: bool) -> torch.Tensor:
     """log q(z | x) ``[K, B]`` at q's own draw ``z``; with ``pathwise`` the guide's parameters
     are held fixed (gradient through z only)."""
@@ -135,6 +154,26 @@ class VAE(nn.Module):
         self.decoder = MLP(z_dim, tuple(reversed(hidden)), num_params * x_dim, activation)
         # One param-store name per instance: two VAEs in a process must not share parameters.
         self._pyro_name = f"vae{next(_instances)}"
+        self._check_components()
+
+    def _check_components(self) -> None:
+        """Each component returns what the program needs: checked once, on a dummy batch of 2,
+        so that a user-written one fails here with its name rather than deep inside Pyro."""
+        x_dim, z_dim = self.config.x_dim, self.config.z_dim
+        with torch.no_grad():
+            _expect("prior", self.prior(), (), (z_dim,), "a distribution over z: [z_dim]")
+            q = self.encoder(torch.zeros(2, x_dim))
+            _expect(
+                "guide", q, (2,), (z_dim,), "q(z | x) for x [B, x_dim]: batch [B], event [z_dim]"
+            )
+            p = self.likelihood(self.decoder(torch.zeros(2, z_dim)))
+            _expect(
+                "likelihood",
+                p,
+                (2,),
+                (x_dim,),
+                "p(x | z) for z [B, z_dim]: batch [B], event [x_dim]",
+            )
 
     @classmethod
     def from_config(cls, config: ModelConfig, **objects) -> VAE:

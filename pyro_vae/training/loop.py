@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,7 @@ def train(
             if x_test is not None:
                 evaluation = _evaluate_epoch(procs, vae, x_test, config, epoch, record)
         history.append(procs.describe(record))
+        _warn_if_diverging(history, x_train[0].numel())
         if ckpt_path is not None and procs.is_main:
             _save(ckpt_path, vae, optimizer, elbo, history, config, run["config_changes"])
         if procs.is_main:
@@ -189,6 +191,23 @@ def _train_epoch(procs, vae, step, optimizer, x_train, plan, config, epoch) -> d
     # over the points this epoch used (all of them on one process).
     train_elbo = -float(procs.sum(total)) / plan.used
     return {"epoch": epoch, "train_elbo": train_elbo, "seconds": time.perf_counter() - t0}
+
+
+def _warn_if_diverging(history: list[dict], dims: int) -> None:
+    """A warning with advice when the train ELBO (per datapoint, nats) is finite but has fallen
+    far below the first epoch's, or below -1000 nats per data dimension, which no sensible
+    likelihood on normalized data gives: a learning rate too high usually does this."""
+    first, now = history[0]["train_elbo"], history[-1]["train_elbo"]
+    fell = len(history) > 1 and now < 10 * min(first, 0.0) - 1000.0
+    absurd = now < -1000.0 * dims
+    if fell or absurd:
+        warnings.warn(
+            f"training looks diverged at epoch {history[-1]['epoch']}: the train ELBO is "
+            f"{now:.4g} nats per datapoint (epoch 1: {first:.4g}). Try a lower --lr (e.g. a tenth) "
+            f"or check the data's scale against the likelihood.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _checked(step, vae, x, num_data, weight, epoch, i) -> torch.Tensor:
