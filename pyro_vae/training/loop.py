@@ -89,11 +89,16 @@ def train(
             process passes the same data and config; ``config.batch_size`` is the per-process
             batch; with ``device="cuda"`` each process uses its current device. Only rank 0
             writes files; every rank returns the same history.
+        override: on resume, the :class:`TrainConfig` fields that may differ from the
+            checkpoint's beyond ``RESUMABLE_CHANGES`` (epochs, progress, device, evaluation);
+            every change is recorded in the checkpoint's ``config_changes`` with its epoch.
     Returns:
         a :class:`TrainResult`; ``history`` holds one dict per epoch with per-datapoint
         ``train_elbo``, ``test_elbo`` and (every ``eval_every`` epochs) ``test_log_likelihood``.
     Raises:
         TrainingDiverged: the loss became NaN/inf; the checkpoint of the last good epoch stays.
+        CheckpointError: resuming from a corrupt or foreign checkpoint, or with another model or
+            other training settings (see ``override``).
         DistributedError: under ``distributed``, a collective failed (another process died or
             timed out).
     """
@@ -237,7 +242,8 @@ def _evaluate_epoch(procs, vae, x_test, config, epoch, record) -> dict:
 
 
 #: TrainConfig fields a resumed run may change freely: they do not change what was trained
-RESUMABLE_CHANGES = ("epochs", "progress", "device")
+#: (how long, where, and how often and how finely to evaluate)
+RESUMABLE_CHANGES = ("epochs", "progress", "device", "eval_every", "eval_samples")
 
 
 def _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume, override) -> dict:
