@@ -144,11 +144,12 @@ def test_leftover_temporaries_are_removed_and_only_ours(tmp_path):
 
 _CHILD = textwrap.dedent(
     """
-    import sys, torch, pyro_vae as pv
+    import pathlib, sys, torch, pyro_vae as pv
     torch.manual_seed(0)
     x = torch.bernoulli(torch.rand(2048, 20, generator=torch.Generator().manual_seed(1)))
     cfg = pv.TrainConfig(epochs=int(sys.argv[2]), batch_size=16, eval_every=0, progress=False)
-    pv.train(pv.VAE(20, 4, (64,)), x, config=cfg, out_dir=sys.argv[1], resume=True)
+    resume = (pathlib.Path(sys.argv[1]) / "checkpoint.pt").exists()
+    pv.train(pv.VAE(20, 4, (64,)), x, config=cfg, out_dir=sys.argv[1], resume=resume)
     """
 )
 

@@ -322,3 +322,9 @@ def test_a_finite_but_absurd_elbo_warns_with_advice():
             pv.train(_vae(), x, config=cfg)
         except pv.TrainingDiverged:
             pytest.fail("lr=1e6 on this model stays finite; the guard must warn, not only NaN")
+
+
+def test_resume_without_a_checkpoint_refuses(tmp_path):
+    with pytest.raises(pv.CheckpointError, match="nothing to resume: there is no checkpoint"):
+        pv.train(_vae(), _data()[0], config=CFG, out_dir=tmp_path, resume=True)
+    assert not any(tmp_path.iterdir())

@@ -81,7 +81,8 @@ def train(
         test_data: optional ``[M, x_dim]``, used as given (binarize it once beforehand).
         config: a :class:`~pyro_vae.TrainConfig`.
         out_dir: where ``checkpoint.pt``, ``config.json`` and ``metrics.jsonl`` go; None = nowhere.
-        resume: continue from ``out_dir``'s checkpoint up to ``config.epochs``.
+        resume: continue from ``out_dir``'s checkpoint up to ``config.epochs`` (a
+            :class:`CheckpointError` if there is none).
         callbacks: called with each epoch's metrics dict (loggers); on rank 0 only.
         elbo: an ELBO object overriding ``config.elbo`` (e.g. a user-written estimator).
         distributed: data-parallel training over the processes of the initialized default
@@ -249,10 +250,15 @@ RESUMABLE_CHANGES = ("epochs", "progress", "device", "eval_every", "eval_samples
 def _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume, override) -> dict:
     """The run so far: ``{"history", "config_changes"}`` from the checkpoint on resume (model,
     optimizer, RNG and estimator state restored), else empty with the seed set."""
-    ckpt = procs.load(ckpt_path, device) if resume else None
-    if ckpt is None:
+    if not resume:
         pyro.set_rng_seed(config.seed)
         return {"history": [], "config_changes": []}
+    ckpt = procs.load(ckpt_path, device)
+    if ckpt is None:
+        raise CheckpointError(
+            f"nothing to resume: there is no checkpoint at {ckpt_path}; start the run without "
+            f"resume (--resume), or point out_dir (--out) at the run to continue"
+        )
     _check_model_config(ckpt_path, ckpt["model_config"], vae.config.to_dict())
     changes = list(ckpt.get("config_changes") or [])
     changed = _check_train_config(ckpt_path, ckpt.get("train_config"), config, override)
