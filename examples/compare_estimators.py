@@ -19,18 +19,9 @@ comparison.json, log_likelihood_curves.png and snr_vs_k.png to --out.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import pyro_vae as pv
-from pyro_vae.experiments.cli import (
-    add_architecture_arguments,
-    add_data_arguments,
-    apply_preset,
-    explicit_dests,
-    int_list,
-    non_negative_int,
-    positive,
-)
+from pyro_vae.experiments import cli
 from pyro_vae.experiments.compare import CompareConfig, compare_estimators, parse_estimators
 from pyro_vae.experiments.run import PRESETS
 
@@ -38,11 +29,7 @@ DEFAULT_ESTIMATORS = "trace,iwae:5,stl,dreg:5"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,  # so that the flags given explicitly (over a --preset) are known
-    )
+    p = cli.new_parser(__doc__)
     p.add_argument(
         "--estimators",
         default=DEFAULT_ESTIMATORS,
@@ -54,73 +41,59 @@ def build_parser() -> argparse.ArgumentParser:
         default="1",
         help="K list for the estimators given without ':K' (one row per estimator x K)",
     )
-    p.add_argument("--seeds", type=int_list("--seeds"), default="0,1,2", help="seeds, e.g. 0,1,2")
+    p.add_argument(
+        "--seeds", type=cli.int_list("--seeds"), default="0,1,2", help="seeds, e.g. 0,1,2"
+    )
     p.add_argument(
         "--epochs",
-        type=positive(int),
+        type=cli.positive(int),
         default=None,
         help="epochs per run (default 5); with --seconds, the most epochs per run",
     )
     p.add_argument(
         "--seconds",
-        type=positive(float),
+        type=cli.positive(float),
         default=None,
         help="training seconds per run instead of an epoch budget (evaluation not counted)",
     )
-    p.add_argument(
-        "--eval-samples",
-        type=positive(int),
-        default=1000,
-        help="K of the importance-sampled test log-likelihood",
-    )
+    cli.add_eval_samples_argument(p, default=1000)
     p.add_argument(
         "--eval-every",
-        type=positive(int),
+        type=cli.positive(int),
         default=None,
         help="test log-likelihood every N epochs for the curves (default: ~5 points per run, "
         "every epoch under --seconds) and always at the end",
     )
     p.add_argument(
         "--snr-k",
-        type=int_list("--snr-k", 1),
+        type=cli.int_list("--snr-k", 1),
         default="1,5,10,50",
         help="K values of the gradient SNR figure",
     )
     p.add_argument(
         "--snr-repeats",
-        type=non_negative_int,
+        type=cli.non_negative_int,
         default=100,
         help="independent gradient estimates per SNR (0: no SNR)",
     )
     p.add_argument(
         "--snr-batch-size",
-        type=positive(int),
+        type=cli.positive(int),
         default=None,
         help="images in the fixed SNR batch (default: --batch-size)",
     )
-    p.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default=None,
-        help="architecture and optimiser of a paper (explicit flags override it)",
-    )
-    add_data_arguments(p, train_size=10000, test_size=1000)
-    p.add_argument("--batch-size", type=positive(int), default=100, help="minibatch size")
-    p.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate")
-    add_architecture_arguments(p)
-    p.add_argument("--cuda", action="store_true", help="train and evaluate on the GPU")
-    p.add_argument("--out", default="runs/compare", help="output folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    cli.add_preset_argument(p, PRESETS)
+    cli.add_data_arguments(p, train_size=10000, test_size=1000)
+    cli.add_optimiser_arguments(p, batch_size=100)
+    cli.add_architecture_arguments(p)
+    cli.add_run_arguments(p, out="runs/compare")
     return p
 
 
 def main(argv: list[str] | None = None):
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    explicit = explicit_dests(parser, argv)
-    model_kw = dict(z_dim=args.z_dim, hidden_dims=args.hidden_dims, activation=args.activation)
+    args, explicit = cli.parse_args(parser, argv)
+    model_kw = cli.architecture_kwargs(args)
     train_kw = dict(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -130,13 +103,13 @@ def main(argv: list[str] | None = None):
         eval_every=args.eval_every,
     )
     if args.preset:
-        apply_preset(PRESETS[args.preset], model_kw, train_kw, explicit, train_keys=set(train_kw))
+        preset = PRESETS[args.preset]
+        cli.apply_preset(preset, model_kw, train_kw, explicit, train_keys=set(train_kw))
     if train_kw["epochs"] is None and args.seconds is None:
         train_kw["epochs"] = 5
-    try:
-        specs = parse_estimators(args.estimators, args.num_particles)
+    with cli.exit_on_errors(parser):
         config = CompareConfig(
-            estimators=tuple(specs),
+            estimators=tuple(parse_estimators(args.estimators, args.num_particles)),
             seeds=args.seeds,
             seconds=args.seconds,
             model=pv.ModelConfig(x_dim=784, **model_kw),
@@ -146,15 +119,13 @@ def main(argv: list[str] | None = None):
             snr_k=args.snr_k,
             snr_repeats=args.snr_repeats,
             snr_batch_size=args.snr_batch_size,
-            device="cuda" if args.cuda else "cpu",
+            device=cli.device(args),
             progress=not args.no_progress,
             **train_kw,
         )
         return compare_estimators(
             config, data_dir=args.data_dir, out_dir=args.out, figures=not args.no_figures
         )
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
-        parser.exit(2, f"error: {e}\n")
 
 
 if __name__ == "__main__":

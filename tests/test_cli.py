@@ -5,10 +5,19 @@ import argparse
 import pytest
 
 from pyro_vae.experiments.cli import (
+    add_architecture_arguments,
+    add_optimiser_arguments,
+    add_run_arguments,
     apply_preset,
+    architecture_kwargs,
+    device,
+    distributed_session,
+    exit_on_errors,
     explicit_dests,
     int_list,
+    new_parser,
     non_negative_int,
+    parse_args,
     positive,
 )
 
@@ -47,3 +56,42 @@ def test_argument_types_say_what_is_wrong():
         parse(" ")
     with pytest.raises(argparse.ArgumentTypeError, match="values must be >= 1"):
         parse("0,4")
+
+
+def test_new_parser_spells_flags_out_and_shows_defaults(capsys):
+    p = new_parser("One line.\n\nMore text.")
+    add_optimiser_arguments(p, batch_size=64)
+    add_run_arguments(p, out="runs/x")
+    assert p.description == "One line." and p.allow_abbrev is False
+    with pytest.raises(SystemExit):
+        p.parse_args(["--batch", "3"])  # no abbreviations
+    args, explicit = parse_args(p, ["--lr=0.5", "--cuda"])
+    assert (args.batch_size, args.lr, args.out, device(args)) == (64, 0.5, "runs/x", "cuda")
+    assert explicit == {"lr", "cuda"}
+    p.print_help()
+    assert "(default: 64)" in capsys.readouterr().out
+
+
+def test_architecture_kwargs_are_the_architecture_flags():
+    p = new_parser(None)
+    add_architecture_arguments(p)
+    args = p.parse_args(["--hidden-dims", "32,16", "--z-dim", "2"])
+    assert architecture_kwargs(args) == dict(z_dim=2, hidden_dims=(32, 16), activation="relu")
+
+
+def test_errors_exit_with_status_2_and_one_line(capsys):
+    p = new_parser(None)
+    with pytest.raises(SystemExit) as e, exit_on_errors(p, where=" (rank 1 of 2)"):
+        raise ValueError("bad value")
+    assert e.value.code == 2 and capsys.readouterr().err == "error (rank 1 of 2): bad value\n"
+    with pytest.raises(KeyError), exit_on_errors(p):
+        raise KeyError("not a usage error: a traceback")
+
+
+def test_session_without_distributed_only_turns_errors_into_an_exit(capsys):
+    args = argparse.Namespace(distributed=False)
+    with distributed_session(new_parser(None), args):
+        pass
+    with pytest.raises(SystemExit) as e, distributed_session(new_parser(None), args):
+        raise FileNotFoundError("no such file")
+    assert e.value.code == 2 and "error: no such file" in capsys.readouterr().err

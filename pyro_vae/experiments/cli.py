@@ -1,23 +1,44 @@
-"""Command-line pieces shared by the examples: argument types, architecture and data flags, and
-presets that explicit flags override."""
+"""Command-line pieces shared by the examples: argument types; the architecture, data,
+optimiser, preset, evaluation, output and distributed flags; presets that explicit flags
+override; and errors that end the command with a one-line message."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from ..data.sources import DATASETS
 from ..model.networks import ACTIVATIONS
+from ..training.distributed import (
+    DEFAULT_TIMEOUT,
+    DistributedError,
+    init_distributed,
+    shutdown_distributed,
+)
 
 __all__ = [
     "positive",
     "non_negative_int",
     "int_list",
+    "new_parser",
     "add_architecture_arguments",
+    "architecture_kwargs",
     "add_data_arguments",
+    "add_optimiser_arguments",
+    "add_preset_argument",
+    "add_eval_samples_argument",
+    "add_run_arguments",
+    "add_distributed_arguments",
+    "device",
+    "parse_args",
     "explicit_dests",
     "apply_preset",
+    "ERRORS",
+    "exit_on_errors",
+    "distributed_session",
 ]
 
 
@@ -59,6 +80,17 @@ def int_list(flag: str, minimum: int | None = None, example: str = "1,5,10"):
     return parse
 
 
+def new_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser described by the first line of ``doc`` (an example's docstring) that shows
+    every default. Abbreviations are off, so that :func:`explicit_dests` knows every flag given
+    (explicit flags override a ``--preset``)."""
+    return argparse.ArgumentParser(
+        description=(doc or "").split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+
+
 def add_architecture_arguments(p: argparse.ArgumentParser) -> None:
     """``--z-dim``, ``--hidden-dims``, ``--activation``."""
     p.add_argument("--z-dim", type=positive(int), default=20, help="latent dimension")
@@ -71,6 +103,11 @@ def add_architecture_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--activation", choices=sorted(ACTIVATIONS), default="relu", help="hidden-layer activation"
     )
+
+
+def architecture_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~pyro_vae.ModelConfig` fields of :func:`add_architecture_arguments`' flags."""
+    return dict(z_dim=args.z_dim, hidden_dims=args.hidden_dims, activation=args.activation)
 
 
 def add_data_arguments(
@@ -95,6 +132,78 @@ def add_data_arguments(
         default=test_size,
         help="use only the first N test images (10000: all of MNIST)",
     )
+
+
+def add_optimiser_arguments(p: argparse.ArgumentParser, batch_size: int) -> None:
+    """``--batch-size``, ``--lr`` (Adam)."""
+    p.add_argument("--batch-size", type=positive(int), default=batch_size, help="minibatch size")
+    p.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate")
+
+
+def add_preset_argument(p: argparse.ArgumentParser, presets: Iterable[str]) -> None:
+    """``--preset``, one of ``presets`` (e.g. :data:`~pyro_vae.experiments.run.PRESETS`)."""
+    p.add_argument(
+        "--preset",
+        choices=sorted(presets),
+        default=None,
+        help="a setup from the literature (architecture and optimiser); explicit flags override it",
+    )
+
+
+def add_eval_samples_argument(p: argparse.ArgumentParser, default: int) -> None:
+    """``--eval-samples``: K of the honest test log-likelihood."""
+    p.add_argument(
+        "--eval-samples",
+        type=positive(int),
+        default=default,
+        help="K of the importance-sampled test log-likelihood (papers use 5000)",
+    )
+
+
+def add_run_arguments(p: argparse.ArgumentParser, out: str) -> None:
+    """``--cuda``, ``--out``, ``--no-progress``, ``--no-figures``."""
+    p.add_argument("--cuda", action="store_true", help="train and evaluate on the GPU")
+    p.add_argument("--out", default=out, help="output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+
+
+def device(args: argparse.Namespace) -> str:
+    """``"cuda"`` with ``--cuda``, else ``"cpu"``."""
+    return "cuda" if args.cuda else "cpu"
+
+
+def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
+    """``--distributed``, ``--dist-timeout``, ``--dist-backend`` (see
+    :func:`distributed_session`)."""
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training on the processes torchrun starts (gloo on CPU, NCCL with "
+        "--cuda, one GPU per process); --batch-size is per process",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=positive(float),
+        default=DEFAULT_TIMEOUT,
+        help="seconds a process waits for the others in a collective before it fails "
+        "(--distributed)",
+    )
+    p.add_argument(
+        "--dist-backend",
+        choices=["gloo", "nccl"],
+        default=None,
+        help="torch.distributed backend (default: nccl with --cuda, else gloo)",
+    )
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> tuple[argparse.Namespace, set[str]]:
+    """Parse ``argv`` (None: the command line) and name the options given explicitly (see
+    :func:`explicit_dests`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return parser.parse_args(argv), explicit_dests(parser, argv)
 
 
 def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
@@ -128,3 +237,46 @@ def apply_preset(
             if k not in explicit and (train_keys is None or k in train_keys)
         }
     )
+
+
+#: The errors of a run that mean a bad argument or setup, not a bug: the command exits with
+#: status 2 and their message instead of a traceback.
+ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError)
+
+
+@contextmanager
+def exit_on_errors(
+    parser: argparse.ArgumentParser,
+    errors: tuple[type[BaseException], ...] = ERRORS,
+    where: str = "",
+) -> Iterator[None]:
+    """Turn ``errors`` raised in the body into ``error{where}: message`` and exit status 2."""
+    try:
+        yield
+    except errors as e:
+        parser.exit(2, f"error{where}: {e}\n")
+
+
+@contextmanager
+def distributed_session(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    errors: tuple[type[BaseException], ...] = ERRORS,
+) -> Iterator[None]:
+    """The body under :func:`exit_on_errors`; with ``--distributed``, also inside torchrun's
+    process group: joined first (an error there exits), left afterwards, waiting for the
+    other processes only if the body finished (a peer may be gone after an error), and an
+    error names the rank that hit it."""
+    if not args.distributed:
+        with exit_on_errors(parser, errors):
+            yield
+        return
+    with exit_on_errors(parser, (DistributedError, ValueError, RuntimeError)):
+        ctx = init_distributed(device(args), backend=args.dist_backend, timeout=args.dist_timeout)
+    finished = False
+    try:
+        with exit_on_errors(parser, errors, where=f" (rank {ctx.rank} of {ctx.world_size})"):
+            yield
+        finished = True
+    finally:
+        shutdown_distributed(barrier=finished)

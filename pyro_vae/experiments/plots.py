@@ -45,6 +45,8 @@ _MIN_FIG_WIDTH = 2.5
 _RANGE_TOL = 1e-4
 _TITLE_INCHES = 0.35
 _ROW_LABEL_SIZE = 9
+# Markers of successive series (estimators) in the comparison figures.
+_MARKERS = "osD^vP*X<>"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -218,6 +220,82 @@ def _finite_float(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
+_CURVE_KEYS = ("train_elbo", "test_elbo", "test_log_likelihood")
+
+
+def _training_series(
+    history: Sequence[Mapping[str, Any]],
+) -> dict[str, tuple[list[float], list[float]]]:
+    """``{key: (epochs, values)}`` for each key of :data:`_CURVE_KEYS`, finite values only."""
+    if isinstance(history, Mapping) or not isinstance(history, Sequence):
+        raise TypeError("history must be a list of per-epoch dicts")
+    if len(history) == 0:
+        raise ValueError("history is empty; need at least one epoch")
+    series: dict[str, tuple[list[float], list[float]]] = {key: ([], []) for key in _CURVE_KEYS}
+    for i, record in enumerate(history):
+        if not isinstance(record, Mapping):
+            raise TypeError(f"history[{i}] must be a dict, got {type(record).__name__}")
+        epoch = _finite_float(record.get("epoch", i + 1))
+        if epoch is None:
+            raise ValueError(f"history[{i}] has a non-numeric epoch {record.get('epoch')!r}")
+        for key, (xs, ys) in series.items():
+            value = _finite_float(record.get(key))
+            if value is not None:
+                xs.append(epoch)
+                ys.append(value)
+    if not any(ys for _, ys in series.values()):
+        raise ValueError(
+            "history has no finite 'train_elbo', 'test_elbo' or 'test_log_likelihood' values"
+        )
+    return series
+
+
+_ELBO_STYLES = {
+    "train_elbo": {"label": "train ELBO", "color": "C0", "linestyle": "-"},
+    "test_elbo": {"label": "test ELBO", "color": "C1", "linestyle": "--"},
+}
+
+
+def _plot_elbo_lines(ax: Any, series: Mapping[str, tuple[list[float], list[float]]]) -> None:
+    for key, style in _ELBO_STYLES.items():
+        xs, ys = series[key]
+        if ys:
+            ax.plot(
+                xs,
+                ys,
+                marker="o" if len(ys) <= 30 else None,
+                markersize=3.5,
+                lw=1.6,
+                **style,
+            )
+
+
+def _plot_ll_markers(ax: Any, xs: list[float], ys: list[float], label: str) -> None:
+    if ys:
+        ax.plot(
+            xs,
+            ys,
+            linestyle="none",
+            marker="D",
+            markersize=5.5,
+            color="C2",
+            markeredgecolor="black",
+            markeredgewidth=0.6,
+            label=label,
+            zorder=3,
+        )
+
+
+def _epoch_axis(ax: Any, epochs: set[float]) -> None:
+    """Integer epoch ticks; a single epoch gets one labelled tick, the point centred."""
+    if len(epochs) == 1:
+        (x0,) = epochs
+        ax.set_xlim(x0 - 1, x0 + 1)
+        ax.set_xticks([x0])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_training_curves(
     history: Sequence[Mapping[str, Any]],
     path: str | os.PathLike,
@@ -234,66 +312,12 @@ def plot_training_curves(
     datapoint, in nats; higher is better). Missing, ``None`` and non-finite values are
     skipped. ``ll_label`` names the log-likelihood markers (e.g. ``"test log p(x), K=5000"``).
     """
-    if isinstance(history, Mapping) or not isinstance(history, Sequence):
-        raise TypeError("history must be a list of per-epoch dicts")
-    if len(history) == 0:
-        raise ValueError("history is empty; need at least one epoch")
-    series: dict[str, tuple[list[float], list[float]]] = {
-        key: ([], []) for key in ("train_elbo", "test_elbo", "test_log_likelihood")
-    }
-    for i, record in enumerate(history):
-        if not isinstance(record, Mapping):
-            raise TypeError(f"history[{i}] must be a dict, got {type(record).__name__}")
-        epoch = _finite_float(record.get("epoch", i + 1))
-        if epoch is None:
-            raise ValueError(f"history[{i}] has a non-numeric epoch {record.get('epoch')!r}")
-        for key, (xs, ys) in series.items():
-            value = _finite_float(record.get(key))
-            if value is not None:
-                xs.append(epoch)
-                ys.append(value)
-    if not any(ys for _, ys in series.values()):
-        raise ValueError(
-            "history has no finite 'train_elbo', 'test_elbo' or 'test_log_likelihood' values"
-        )
-
+    series = _training_series(history)
     fig = _new_figure(5.5, 3.6)
     ax = fig.add_subplot()
-    styles = {
-        "train_elbo": {"label": "train ELBO", "color": "C0", "linestyle": "-"},
-        "test_elbo": {"label": "test ELBO", "color": "C1", "linestyle": "--"},
-    }
-    for key, style in styles.items():
-        xs, ys = series[key]
-        if ys:
-            ax.plot(
-                xs,
-                ys,
-                marker="o" if len(ys) <= 30 else None,
-                markersize=3.5,
-                lw=1.6,
-                **style,
-            )
-    xs, ys = series["test_log_likelihood"]
-    if ys:
-        ax.plot(
-            xs,
-            ys,
-            linestyle="none",
-            marker="D",
-            markersize=5.5,
-            color="C2",
-            markeredgecolor="black",
-            markeredgewidth=0.6,
-            label=ll_label,
-            zorder=3,
-        )
-    all_x = sorted({x for xs, _ in series.values() for x in xs})
-    if len(all_x) == 1:  # a single epoch: one labelled tick, the point centred
-        ax.set_xlim(all_x[0] - 1, all_x[0] + 1)
-        ax.set_xticks(all_x)
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _plot_elbo_lines(ax, series)
+    _plot_ll_markers(ax, *series["test_log_likelihood"], label=ll_label)
+    _epoch_axis(ax, {x for xs, _ in series.values() for x in xs})
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.set_xlabel("epoch")
@@ -424,6 +448,173 @@ def _class_name(label: int, class_names: Any) -> str:
     return str(class_names[label])
 
 
+def _latent_codes(z: Any, method: str) -> np.ndarray:
+    """``z`` as a finite ``[N, Dz]`` array (1-D codes as one column); checks ``method``."""
+    x = _to_numpy(z, "z")
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"z must be a non-empty 2-D array [N, Dz], got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("z contains NaN or infinite values")
+    if method not in ("auto", "pca", "direct"):
+        raise ValueError(f"method must be 'auto', 'pca' or 'direct', got {method!r}")
+    if method == "pca" and x.shape[1] < 2:
+        raise ValueError(f"method='pca' needs Dz >= 2, got Dz={x.shape[1]}")
+    return x
+
+
+def _latent_labels(labels: Any, n: int, class_names: Any) -> np.ndarray | None:
+    """Integer class labels (None: no labels), each with an entry in ``class_names``."""
+    lab = _to_labels(labels, n) if labels is not None else None
+    if lab is not None and class_names is not None:
+        named = (
+            set(class_names) if isinstance(class_names, Mapping) else set(range(len(class_names)))
+        )
+        missing = sorted({int(v) for v in np.unique(lab)} - named)
+        if missing:
+            raise ValueError(f"labels {missing} have no entry in class_names")
+    return lab
+
+
+def _latent_mode(method: str, dz: int) -> str:
+    """``"direct"`` (the first two coordinates), ``"pca"`` or ``"strip"`` (1-D codes)."""
+    if method == "auto":
+        return "direct" if dz == 2 else "strip" if dz == 1 else "pca"
+    if method == "direct" and dz == 1:
+        return "strip"
+    return method
+
+
+def _class_palette(
+    lab: np.ndarray | None, class_names: Any
+) -> tuple[np.ndarray, int, ListedColormap | None]:
+    """The classes present, how many colours the labels need, and a qualitative palette for up
+    to 20 of them (None: more, drawn with a colour bar). The label value indexes the palette, so
+    a class keeps its colour across plots."""
+    present = np.unique(lab) if lab is not None else np.array([], dtype=np.int64)
+    n_colors = int(present.max()) + 1 if present.size else 1
+    if class_names is not None and not isinstance(class_names, Mapping):
+        n_colors = max(n_colors, len(class_names))
+    if n_colors <= 10:
+        palette = ListedColormap(
+            [tuple(c) for c in _tab_colors("tab10")[:n_colors]], name="classes"
+        )
+    elif n_colors <= 20:
+        palette = ListedColormap(
+            [tuple(c) for c in _tab_colors("tab20")[:n_colors]], name="classes"
+        )
+    else:
+        palette = None
+    return present, n_colors, palette
+
+
+def _scatter_style(
+    lab: np.ndarray | None,
+    order: np.ndarray,
+    palette: ListedColormap | None,
+    n_colors: int,
+    n: int,
+) -> dict[str, Any]:
+    """Marker size (smaller for more points), transparency and colours of the scatter."""
+    size = float(np.clip(8.0 * math.sqrt(2000.0 / n), 0.5, 16.0))
+    style: dict[str, Any] = {"s": size, "alpha": 0.6, "linewidths": 0}
+    if lab is None:
+        style["c"] = "C0"
+    elif palette is not None:
+        style["c"] = palette(lab[order])
+    else:
+        style.update(
+            c=lab[order],
+            cmap="viridis",
+            norm=BoundaryNorm(np.arange(n_colors + 1) - 0.5, 256),
+        )
+    return style
+
+
+def _scatter_strip(
+    ax: Any,
+    values: np.ndarray,
+    lab: np.ndarray | None,
+    present: np.ndarray,
+    order: np.ndarray,
+    rng: np.random.Generator,
+    style: dict[str, Any],
+    class_names: Any,
+) -> Any:
+    """1-D codes against a jittered row per class (one row without labels)."""
+    n = len(values)
+    if lab is not None:
+        rows = {int(v): i for i, v in enumerate(present)}
+        base = np.array([rows[int(v)] for v in lab], dtype=np.float64)
+    else:
+        base = np.zeros(n)
+    y = base + rng.uniform(-0.35, 0.35, size=n)
+    points = ax.scatter(values[order], y[order], **style)
+    ax.set_xlabel("$z$")
+    if lab is not None:
+        ax.set_yticks(range(len(present)), [_class_name(int(v), class_names) for v in present])
+        ax.set_ylabel("class")
+        ax.invert_yaxis()
+    else:
+        ax.set_yticks([])
+    return points
+
+
+def _scatter_plane(
+    ax: Any, x: np.ndarray, mode: str, order: np.ndarray, style: dict[str, Any]
+) -> tuple[Any, str]:
+    """Codes on their first two principal components or coordinates; returns the points and
+    the default title."""
+    dz = x.shape[1]
+    if mode == "pca":
+        xy, ratio = pca_project(x, 2)
+        ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.1f}% of variance)")
+        ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.1f}% of variance)")
+        default_title = f"Latent space ({dz}-D, PCA projection)"
+    else:
+        xy = x[:, :2]
+        ax.set_xlabel("$z_1$")
+        ax.set_ylabel("$z_2$")
+        default_title = "Latent space" if dz == 2 else f"Latent space (first 2 of {dz} dims)"
+    points = ax.scatter(xy[order, 0], xy[order, 1], **style)
+    ax.set_aspect("equal", adjustable="datalim")
+    return points, default_title
+
+
+def _class_legend(ax: Any, present: np.ndarray, palette: ListedColormap, class_names: Any) -> None:
+    handles = [
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker="o",
+            markersize=6,
+            markerfacecolor=palette(int(v)),
+            markeredgewidth=0,
+            label=_class_name(int(v), class_names),
+        )
+        for v in present
+    ]
+    ax.legend(
+        handles=handles,
+        loc="center left",
+        bbox_to_anchor=(1.02, 0.5),
+        frameon=False,
+        handletextpad=0.3,
+        borderaxespad=0.0,
+        title="class",
+    )
+
+
+def _class_colorbar(fig: Figure, ax: Any, points: Any) -> None:
+    # An opaque stand-in mappable, so the colour bar is not faded by the points' alpha.
+    solid = ScalarMappable(norm=points.norm, cmap=points.cmap)
+    cbar = fig.colorbar(solid, ax=ax, shrink=0.85)
+    cbar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    cbar.set_label("class")
+
+
 def plot_latent_space(
     z: Any,
     labels: Any,
@@ -443,134 +634,28 @@ def plot_latent_space(
     names (a sequence indexed by label, or a dict), e.g. ``ImageData.class_names``.
     ``title=None`` gives a short default title; ``title=""`` gives none.
     """
-    x = _to_numpy(z, "z")
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"z must be a non-empty 2-D array [N, Dz], got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("z contains NaN or infinite values")
-    n, dz = x.shape
-    if method not in ("auto", "pca", "direct"):
-        raise ValueError(f"method must be 'auto', 'pca' or 'direct', got {method!r}")
-    if method == "pca" and dz < 2:
-        raise ValueError(f"method='pca' needs Dz >= 2, got Dz={dz}")
-    lab = _to_labels(labels, n) if labels is not None else None
-    if lab is not None and class_names is not None:
-        missing = sorted(
-            {int(v) for v in np.unique(lab)}
-            - (
-                set(class_names)
-                if isinstance(class_names, Mapping)
-                else set(range(len(class_names)))
-            )
-        )
-        if missing:
-            raise ValueError(f"labels {missing} have no entry in class_names")
-
-    mode = method
-    if method == "auto":
-        mode = "direct" if dz == 2 else "strip" if dz == 1 else "pca"
-    elif method == "direct" and dz == 1:
-        mode = "strip"
-
-    # Colours: the label value indexes the palette, so a class keeps its colour across plots.
-    present = np.unique(lab) if lab is not None else np.array([], dtype=np.int64)
-    n_colors = int(present.max()) + 1 if present.size else 1
-    if class_names is not None and not isinstance(class_names, Mapping):
-        n_colors = max(n_colors, len(class_names))
-    if n_colors <= 10:
-        palette = ListedColormap(
-            [tuple(c) for c in _tab_colors("tab10")[:n_colors]], name="classes"
-        )
-    elif n_colors <= 20:
-        palette = ListedColormap(
-            [tuple(c) for c in _tab_colors("tab20")[:n_colors]], name="classes"
-        )
-    else:
-        palette = None
+    x = _latent_codes(z, method)
+    n = x.shape[0]
+    lab = _latent_labels(labels, n, class_names)
+    mode = _latent_mode(method, x.shape[1])
+    present, n_colors, palette = _class_palette(lab, class_names)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)  # draw classes interleaved so none is hidden underneath
-    size = float(np.clip(8.0 * math.sqrt(2000.0 / n), 0.5, 16.0))
-
+    style = _scatter_style(lab, order, palette, n_colors, n)
+    # A legend names the classes of a palette; a strip's y axis already names them.
     use_legend = lab is not None and palette is not None
     fig = _new_figure(6.2 if use_legend else 5.2, 4.6)
     ax = fig.add_subplot()
-    scatter_kw: dict[str, Any] = {"s": size, "alpha": 0.6, "linewidths": 0}
-    if lab is not None:
-        if palette is not None:
-            scatter_kw["c"] = palette(lab[order])
-        else:
-            scatter_kw.update(
-                c=lab[order],
-                cmap="viridis",
-                norm=BoundaryNorm(np.arange(n_colors + 1) - 0.5, 256),
-            )
-    else:
-        scatter_kw["c"] = "C0"
-
     if mode == "strip":
-        values = x[:, 0]
-        if lab is not None:
-            rows = {int(v): i for i, v in enumerate(present)}
-            base = np.array([rows[int(v)] for v in lab], dtype=np.float64)
-        else:
-            base = np.zeros(n)
-        y = base + rng.uniform(-0.35, 0.35, size=n)
-        points = ax.scatter(values[order], y[order], **scatter_kw)
-        ax.set_xlabel("$z$")
-        if lab is not None:
-            ax.set_yticks(range(len(present)), [_class_name(int(v), class_names) for v in present])
-            ax.set_ylabel("class")
-            ax.invert_yaxis()
-        else:
-            ax.set_yticks([])
-        default_title = "1-D latent space"
-        use_legend = False  # the y axis already names the classes
+        points = _scatter_strip(ax, x[:, 0], lab, present, order, rng, style, class_names)
+        default_title, use_legend = "1-D latent space", False
     else:
-        if mode == "pca":
-            xy, ratio = pca_project(x, 2)
-            ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.1f}% of variance)")
-            ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.1f}% of variance)")
-            default_title = f"Latent space ({dz}-D, PCA projection)"
-        else:
-            xy = x[:, :2]
-            ax.set_xlabel("$z_1$")
-            ax.set_ylabel("$z_2$")
-            default_title = "Latent space" if dz == 2 else f"Latent space (first 2 of {dz} dims)"
-        points = ax.scatter(xy[order, 0], xy[order, 1], **scatter_kw)
-        ax.set_aspect("equal", adjustable="datalim")
+        points, default_title = _scatter_plane(ax, x, mode, order, style)
     ax.grid(True, alpha=0.25, linewidth=0.5)
-
     if use_legend:
-        handles = [
-            Line2D(
-                [],
-                [],
-                linestyle="none",
-                marker="o",
-                markersize=6,
-                markerfacecolor=palette(int(v)),
-                markeredgewidth=0,
-                label=_class_name(int(v), class_names),
-            )
-            for v in present
-        ]
-        ax.legend(
-            handles=handles,
-            loc="center left",
-            bbox_to_anchor=(1.02, 0.5),
-            frameon=False,
-            handletextpad=0.3,
-            borderaxespad=0.0,
-            title="class",
-        )
+        _class_legend(ax, present, palette, class_names)
     elif lab is not None and palette is None:
-        # An opaque stand-in mappable, so the colour bar is not faded by the points' alpha.
-        solid = ScalarMappable(norm=points.norm, cmap=points.cmap)
-        cbar = fig.colorbar(solid, ax=ax, shrink=0.85)
-        cbar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        cbar.set_label("class")
+        _class_colorbar(fig, ax, points)
     heading = default_title if title is None else title
     if heading:
         ax.set_title(heading)
@@ -700,7 +785,6 @@ def plot_log_likelihood_curves(
         raise ValueError("curves must be a non-empty dict {label: [history per seed]}")
     fig = _new_figure(6.0, 4.0)
     ax = fig.add_subplot()
-    markers = "osD^vP*X<>"
     drawn = 0
     all_x: set[float] = set()
     for i, (label, runs) in enumerate(curves.items()):
@@ -717,7 +801,7 @@ def plot_log_likelihood_curves(
             xs,
             mean,
             color=color,
-            marker=markers[i % len(markers)],
+            marker=_MARKERS[i % len(_MARKERS)],
             markersize=4.5,
             lw=1.6,
             label=f"{label}, {n_seeds} seed{'s' if n_seeds != 1 else ''}",
@@ -736,12 +820,7 @@ def plot_log_likelihood_curves(
         drawn += 1
     if not drawn:
         raise ValueError(f"no run in curves has a finite {key!r} value")
-    if len(all_x) == 1:
-        (x0,) = all_x
-        ax.set_xlim(x0 - 1, x0 + 1)
-        ax.set_xticks([x0])
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _epoch_axis(ax, all_x)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3, linewidth=0.6)
@@ -776,6 +855,98 @@ _SNR_GROUP_TITLES = {
 }
 
 
+def _snr_points(label: Any, by_k: Any, group: str) -> list[tuple[float, float]]:
+    """``(K, SNR)`` pairs of one estimator for one group, sorted by K; non-finite and
+    non-positive SNRs are skipped."""
+    if not isinstance(by_k, Mapping):
+        raise TypeError(f"snr[{label!r}] must be a dict {{K: {{group: SNR}}}}")
+    points = []
+    for k, values in by_k.items():
+        kf = _finite_float(k)
+        if kf is None or kf <= 0:
+            raise ValueError(f"snr[{label!r}] has K={k!r}; K must be a positive number")
+        v = _finite_float(values.get(group)) if isinstance(values, Mapping) else None
+        if v is not None and v > 0:
+            points.append((kf, v))
+    return sorted(points)
+
+
+def _plot_snr_line(ax: Any, i: int, label: Any, points: list[tuple[float, float]]) -> None:
+    ks, vs = zip(*points, strict=True)
+    # Estimators can give identical gradients (DReG's and IWAE's decoder gradients, STL's and
+    # the ELBO's): later lines are thinner, dashed and have smaller markers, so that a line
+    # drawn over another leaves it visible.
+    ax.plot(
+        ks,
+        vs,
+        color=f"C{i % 10}",
+        marker=_MARKERS[i % len(_MARKERS)],
+        markersize=max(3.0, 8.0 - 1.5 * (i % 4)),
+        lw=max(1.0, 2.6 - 0.5 * (i % 4)),
+        linestyle=("-", "--", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5)))[i % 4],
+        label=str(label),
+    )
+
+
+def _plot_reference_slopes(
+    ax: Any, anchor: tuple[float, float], ks: set[float], labelled: bool
+) -> None:
+    """Faint dotted guides proportional to ``sqrt(K)`` and ``1/sqrt(K)`` through ``anchor``."""
+    k0, v0 = anchor
+    grid = np.geomspace(min(ks), max(ks), 50)
+    for power, text in ((0.5, r"$\propto\sqrt{K}$"), (-0.5, r"$\propto 1/\sqrt{K}$")):
+        ax.plot(
+            grid,
+            v0 * (grid / k0) ** power,
+            color="0.55",
+            linestyle=":",
+            lw=1.0,
+            zorder=0,
+            label=text if labelled else None,
+        )
+
+
+def _plot_snr_panel(
+    ax: Any,
+    snr: Mapping[str, Mapping[int, Mapping[str, float]]],
+    group: str,
+    all_k: set[float],
+    reference_slopes: bool,
+    labelled: bool,
+) -> int:
+    """One group's lines (adding their K values to ``all_k``); returns how many were drawn."""
+    anchor = None
+    drawn = 0
+    for i, (label, by_k) in enumerate(snr.items()):
+        points = _snr_points(label, by_k, group)
+        if not points:
+            continue
+        _plot_snr_line(ax, i, label, points)
+        all_k.update(k for k, _ in points)
+        drawn += 1
+        if anchor is None:
+            anchor = points[0]
+    if anchor is not None and reference_slopes and len(all_k) > 1:
+        _plot_reference_slopes(ax, anchor, all_k, labelled)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of particles K")
+    ax.set_title(_SNR_GROUP_TITLES.get(group, group), fontsize=10)
+    ax.grid(True, which="major", alpha=0.3, linewidth=0.6)
+    ax.grid(True, which="minor", alpha=0.12, linewidth=0.4)
+    return drawn
+
+
+def _label_snr_axes(axes: Sequence[Any], ks: set[float]) -> None:
+    """The same K ticks on every panel, plain numbers on the log axes, one y label."""
+    ticks = sorted(ks)
+    for ax in axes:
+        ax.set_xticks(ticks, [f"{k:g}" for k in ticks])
+        ax.xaxis.set_minor_formatter("")
+        _plain_log_labels(ax.yaxis, *ax.get_ylim())
+    axes[0].set_ylabel("mean gradient SNR  |E g| / sd g")
+
+
 def plot_snr_vs_k(
     snr: Mapping[str, Mapping[int, Mapping[str, float]]],
     path: str | os.PathLike,
@@ -801,70 +972,13 @@ def plot_snr_vs_k(
         raise ValueError("groups is empty")
     fig = _new_figure(4.0 * len(groups) + 1.2, 3.9)
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
-    markers = "osD^vP*X<>"
-    all_k: set[float] = set()
+    all_k: set[float] = set()  # over the panels drawn so far
     drawn = 0
-    for ax, group in zip(axes, groups, strict=True):
-        anchor = None
-        for i, (label, by_k) in enumerate(snr.items()):
-            if not isinstance(by_k, Mapping):
-                raise TypeError(f"snr[{label!r}] must be a dict {{K: {{group: SNR}}}}")
-            points = []
-            for k, values in by_k.items():
-                kf = _finite_float(k)
-                if kf is None or kf <= 0:
-                    raise ValueError(f"snr[{label!r}] has K={k!r}; K must be a positive number")
-                v = _finite_float(values.get(group)) if isinstance(values, Mapping) else None
-                if v is not None and v > 0:
-                    points.append((kf, v))
-            if not points:
-                continue
-            points.sort()
-            ks, vs = zip(*points, strict=True)
-            # Estimators can give identical gradients (DReG's and IWAE's decoder gradients,
-            # STL's and the ELBO's): later lines are thinner, dashed and have smaller markers,
-            # so that a line drawn over another leaves it visible.
-            ax.plot(
-                ks,
-                vs,
-                color=f"C{i % 10}",
-                marker=markers[i % len(markers)],
-                markersize=max(3.0, 8.0 - 1.5 * (i % 4)),
-                lw=max(1.0, 2.6 - 0.5 * (i % 4)),
-                linestyle=("-", "--", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5)))[i % 4],
-                label=str(label),
-            )
-            all_k.update(ks)
-            drawn += 1
-            if anchor is None:
-                anchor = points[0]
-        if anchor is not None and reference_slopes and len(all_k) > 1:
-            k0, v0 = anchor
-            grid = np.geomspace(min(all_k), max(all_k), 50)
-            for power, text in ((0.5, r"$\propto\sqrt{K}$"), (-0.5, r"$\propto 1/\sqrt{K}$")):
-                ax.plot(
-                    grid,
-                    v0 * (grid / k0) ** power,
-                    color="0.55",
-                    linestyle=":",
-                    lw=1.0,
-                    zorder=0,
-                    label=text if ax is axes[0] else None,
-                )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("number of particles K")
-        ax.set_title(_SNR_GROUP_TITLES.get(group, group), fontsize=10)
-        ax.grid(True, which="major", alpha=0.3, linewidth=0.6)
-        ax.grid(True, which="minor", alpha=0.12, linewidth=0.4)
+    for j, (ax, group) in enumerate(zip(axes, groups, strict=True)):
+        drawn += _plot_snr_panel(ax, snr, group, all_k, reference_slopes, labelled=j == 0)
     if not drawn:
         raise ValueError(f"snr has no finite positive value for the groups {groups}")
-    ticks = sorted(all_k)
-    for ax in axes:
-        ax.set_xticks(ticks, [f"{k:g}" for k in ticks])
-        ax.xaxis.set_minor_formatter("")
-        _plain_log_labels(ax.yaxis, *ax.get_ylim())
-    axes[0].set_ylabel("mean gradient SNR  |E g| / sd g")
+    _label_snr_axes(axes, all_k)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", frameon=False, fontsize=9)
     if title:

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -29,7 +29,11 @@ from .plots import (
     plot_training_curves,
 )
 
-__all__ = ["PRESETS", "RESULTS_NAME", "run_experiment", "prepare_data"]
+if TYPE_CHECKING:
+    from ..training.distributed import DistributedContext
+    from ..training.loop import TrainResult
+
+__all__ = ["PRESETS", "RESULTS_NAME", "run_experiment", "prepare_data", "epoch_line", "device_name"]
 
 RESULTS_NAME = "results.json"
 
@@ -109,6 +113,102 @@ def _figures(vae: VAE, data: ImageData, test_x: torch.Tensor, history, out: Path
     return names
 
 
+def device_name(device: torch.device) -> str:
+    """``"cpu"``, or the GPU's name (``"NVIDIA H100 80GB HBM3"``), for the results."""
+    return str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _run_device(train_config: TrainConfig, ctx: DistributedContext | None) -> torch.device:
+    device = resolve_device(train_config.device)
+    if ctx is not None and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK
+    return device
+
+
+def _load_data(dataset: str, data_dir: str | None, ctx: DistributedContext | None) -> ImageData:
+    """``load_dataset``; under ``torch.distributed`` one process per node fills the cache (or
+    downloads) before the others read it."""
+    if ctx is not None and ctx.local_rank != 0:
+        dist.barrier()
+    data = load_dataset(dataset, data_dir=data_dir)
+    if ctx is not None and ctx.local_rank == 0:
+        dist.barrier()
+    return data
+
+
+def _final_evaluation(
+    vae: VAE,
+    result: TrainResult,
+    test_x: torch.Tensor,
+    train_config: TrainConfig,
+    ctx: DistributedContext | None,
+) -> dict[str, Any]:
+    """The training's last evaluation if it used ``eval_samples``; else a new one (e.g. a
+    resumed run that had already finished, or eval_every=0)."""
+    final = result.evaluation
+    if final is None or final["num_samples"] != train_config.eval_samples:
+        ev = evaluate if ctx is None else evaluate_distributed
+        final = ev(vae, test_x, train_config.eval_samples, seed=train_config.seed)
+    return final
+
+
+def _metrics(final: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation's numbers under their names in ``results.json``."""
+    return {
+        "test_log_likelihood": final["log_likelihood"],
+        "test_log_likelihood_stderr": final["log_likelihood_stderr"],
+        "test_log_likelihood_mc_stderr": final["log_likelihood_mc_stderr"],
+        "test_elbo": final["elbo"],
+        "eval_samples": final["num_samples"],
+        "ess": final["ess"],
+        "kl": final["kl"],
+        "active_units": final["active_units"],
+    }
+
+
+def _subsets(
+    data: ImageData,
+    likelihood: str,
+    seed: int,
+    train_size: int | None,
+    test_size: int | None,
+) -> tuple[ImageData, torch.Tensor, str | None, str]:
+    """The representation :func:`prepare_data` picks for ``likelihood``, cut to the first
+    ``train_size``/``test_size`` images: ``(data with that test split, train_x, binarize,
+    kind)``."""
+    train_x, test_x, binarize, kind = prepare_data(data, likelihood, test_seed=seed)
+    data = replace(data, test_x=test_x[:test_size], test_y=data.test_y[:test_size])
+    return data, train_x[:train_size], binarize, kind
+
+
+def _model_line(
+    n_params: int,
+    n_train: int,
+    n_test: int,
+    device: torch.device,
+    ctx: DistributedContext | None,
+    batch_size: int,
+) -> str:
+    procs = "" if ctx is None else f" x {ctx.world_size} processes (batch {batch_size} each)"
+    return (
+        f"model: {n_params:,} parameters; training on {n_train:,} images, testing on "
+        f"{n_test:,}, device {device}{procs}"
+    )
+
+
+def _timing(history: list[dict]) -> dict[str, Any]:
+    train_seconds = sum(r["seconds"] for r in history)
+    return {
+        "epochs": len(history),
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / max(1, len(history)),
+    }
+
+
 def run_experiment(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -137,38 +237,21 @@ def run_experiment(
     ctx = get_context() if distributed else None
     main = ctx is None or ctx.is_main
     world = 1 if ctx is None else ctx.world_size
-    if not main:
-
-        def log(message: str) -> None:
-            pass
-
-    device = resolve_device(train_config.device)
-    if ctx is not None and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK
+    log = log if main else _silent
+    device = _run_device(train_config, ctx)
     out = Path(out_dir)
     if data is None:
-        # One process per node fills the cache (or downloads) before the others read it.
-        if ctx is not None and ctx.local_rank != 0:
-            dist.barrier()
-        data = load_dataset(dataset, data_dir=data_dir)
-        if ctx is not None and ctx.local_rank == 0:
-            dist.barrier()
+        data = _load_data(dataset, data_dir, ctx)
     log(f"data: {data.name} from {data.source}")
-    train_x, test_x, binarize, kind = prepare_data(
-        data, model_config.likelihood, test_seed=train_config.seed
+    data, train_x, binarize, kind = _subsets(
+        data, model_config.likelihood, train_config.seed, train_size, test_size
     )
-    train_x, test_x = train_x[:train_size], test_x[:test_size]
-    test_y = data.test_y[:test_size]
-    data = replace(data, test_x=test_x, test_y=test_y)
+    test_x = data.test_x
     train_config = replace(train_config, binarize=binarize)
     torch.manual_seed(train_config.seed)  # the initial weights depend on the seed alone
     vae = VAE.from_config(model_config)
     n_params = sum(p.numel() for p in vae.parameters())
-    procs = "" if ctx is None else f" x {world} processes (batch {train_config.batch_size} each)"
-    log(
-        f"model: {n_params:,} parameters; training on {len(train_x):,} images, testing on "
-        f"{len(test_x):,}, device {device}{procs}"
-    )
+    log(_model_line(n_params, len(train_x), len(test_x), device, ctx, train_config.batch_size))
     result = train(
         vae,
         train_x,
@@ -179,28 +262,14 @@ def run_experiment(
         callbacks=[lambda r: log(epoch_line(r))],
         distributed=distributed,
     )
-    final = result.evaluation
-    if final is None or final["num_samples"] != train_config.eval_samples:
-        # e.g. a resumed run that had already finished, or eval_every=0
-        ev = evaluate if ctx is None else evaluate_distributed
-        final = ev(vae, test_x.to(device), train_config.eval_samples, seed=train_config.seed)
-    train_seconds = sum(r["seconds"] for r in result.history)
+    final = _final_evaluation(vae, result, test_x.to(device), train_config, ctx)
     results = {
         "dataset": data.name,
         "data_source": data.source,
         "data_kind": kind,
-        "test_log_likelihood": final["log_likelihood"],
-        "test_log_likelihood_stderr": final["log_likelihood_stderr"],
-        "test_log_likelihood_mc_stderr": final["log_likelihood_mc_stderr"],
-        "test_elbo": final["elbo"],
-        "eval_samples": final["num_samples"],
-        "ess": final["ess"],
-        "kl": final["kl"],
-        "active_units": final["active_units"],
-        "epochs": len(result.history),
-        "train_seconds": train_seconds,
-        "seconds_per_epoch": train_seconds / max(1, len(result.history)),
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        **_metrics(final),
+        **_timing(result.history),
+        "device": device_name(device),
         "num_parameters": n_params,
         "world_size": world,
         "train_size": len(train_x),
