@@ -1,0 +1,62 @@
+"""Binarization of pixel intensities in ``[0, 1]`` into ``{0, 1}`` for a Bernoulli likelihood:
+dynamic (a fresh draw per call, for training) and static (a fixed draw, for a test set)."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["binarize", "binarize_static"]
+
+
+def _check_unit_interval(x: torch.Tensor, fn: str) -> None:
+    """Raise unless ``x`` is a floating tensor of probabilities (any shape), naming ``fn``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn} expects a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{fn} expects a floating-point tensor of probabilities, got {x.dtype}")
+    # NaN fails both comparisons, so it is caught here too.
+    if x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
+        raise ValueError(
+            f"{fn} expects values in [0, 1], got min {x.min().item():.4g}, "
+            f"max {x.max().item():.4g} (scale bytes by 1/255 first)"
+        )
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dynamic binarization: one Bernoulli(x) draw per pixel, fresh on every call.
+
+    Args:
+        x: float tensor of any shape (e.g. a batch ``[B, 784]``) with values in ``[0, 1]``.
+        generator: optional random generator; the draw happens on its device and is moved to
+            ``x``'s device.
+
+    Returns:
+        Tensor of ``x``'s shape, dtype and device with values in ``{0., 1.}``; ``E[result] = x``.
+    """
+    _check_unit_interval(x, "binarize")
+    if generator is None:
+        u = torch.rand_like(x)
+    else:
+        u = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(
+            x.device
+        )
+    return (u < x).to(x.dtype)
+
+
+def binarize_static(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Fixed binarization (for a test set): the same output for the same ``x`` and ``seed``.
+
+    The draw is made on the CPU from a generator seeded with ``seed`` and then moved to ``x``'s
+    device, so results agree across calls, processes and devices.
+
+    Args:
+        x: float tensor of any shape (e.g. ``[10000, 784]``) with values in ``[0, 1]``.
+        seed: seed of the draw.
+
+    Returns:
+        Tensor of ``x``'s shape, dtype and device with values in ``{0., 1.}``.
+    """
+    _check_unit_interval(x, "binarize_static")
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    u = torch.rand(x.shape, generator=generator, dtype=torch.float32)
+    return (u < x.detach().to(device="cpu", dtype=torch.float32)).to(device=x.device, dtype=x.dtype)
