@@ -56,12 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_eval_samples_argument(p, default=500)
     p.add_argument(
         "--eval-every",
-        type=int,
+        type=cli.non_negative_int,
         default=0,
         help="test log-likelihood every N epochs and at the end (0: only at the end)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0, help="random seed")
+    cli.add_resume_arguments(p)
     p.add_argument("--jit", action="store_true", help="use Pyro's JIT-compiled ELBO")
     p.add_argument(
         "--no-fast-path",
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if args.preset:
         cli.apply_preset(PRESETS[args.preset], model_kw, train_kw, explicit)
-    with cli.distributed_session(parser, args, errors=(*cli.ERRORS, pv.CheckpointError)):
+    with cli.distributed_session(parser, args):
         return run_experiment(
             pv.ModelConfig(x_dim=784, **model_kw),
             pv.TrainConfig(**train_kw),
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
             data_dir=args.data_dir,
             out_dir=args.out,
             resume=args.resume,
+            overwrite=args.overwrite,
+            override=args.override,
             train_size=args.train_size,
             test_size=args.test_size,
             figures=not args.no_figures,

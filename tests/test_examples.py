@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -273,3 +274,85 @@ def test_cuda_run_agrees_with_cpu(example, fake_data, tmp_path):
         pv.load_model(tmp_path), pv.binarize_static(_fake_data().test_x), num_samples=500
     )
     assert abs(cpu["log_likelihood"] - res["test_log_likelihood"]) < 1.0
+
+
+# -- every CLI failure is a one-line message and exit status 2, before any work ---------------
+
+
+def _fails(example, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        example.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert "Traceback" not in err and re.search(message, err), err
+    return err
+
+
+def test_out_that_is_a_file_or_under_a_file(example, fake_data, tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    _fails(example, capsys, [*SMALL, "--out", str(f)], r"error: --out .*is a file, not a folder")
+    _fails(example, capsys, [*SMALL, "--out", str(f / "run")], r"is a file, not a folder")
+    assert "name" not in fake_data  # refused before the data was loaded
+
+
+def test_a_run_is_not_overwritten_or_resumed_by_accident(example, fake_data, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    _fails(example, capsys, [*SMALL, "--out", out, "--resume"], r"--resume: there is no checkpoint")
+    example.main([*SMALL, "--out", out, "--no-figures"])
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    _fails(example, capsys, [*SMALL, "--out", out], r"already holds a run .*--resume.*--overwrite")
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    _fails(
+        example,
+        capsys,
+        [*SMALL, "--out", out, "--resume", "--epochs", "2", "--lr", "0.01"],
+        r"other training settings \(lr: 0.001 -> 0.01\).*--override lr",
+    )
+    example.main([*SMALL, "--out", out, "--resume", "--epochs", "2", "--lr", "0.01",
+                  "--override", "lr", "--no-figures"])  # fmt: skip
+    changes = pv.load_checkpoint(tmp_path / "run")["config_changes"]
+    assert changes[0]["changed"]["lr"] == [0.001, 0.01]
+    example.main([*SMALL, "--out", out, "--overwrite", "--no-figures"])
+    assert pv.load_checkpoint(tmp_path / "run")["epoch"] == 1
+
+
+def test_a_diverged_run_ends_in_a_message(example, fake_data, tmp_path, capsys):
+    _fails(
+        example,
+        capsys,
+        [*SMALL, "--out", str(tmp_path), "--lr", "inf", "--no-figures"],
+        r"error: (training diverged|TrainConfig.lr).*",
+    )
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--eval-every", "-5"], r"argument --eval-every: .*-5"),
+        (["--seed", "-1"], r"argument --seed: .*-1"),
+        (["--override", "lr,colour"], r"argument --override: unknown training setting.*colour"),
+    ],
+)
+def test_bad_flags_name_the_flag(example, tmp_path, capsys, flags, message):
+    _fails(example, capsys, [*SMALL, "--out", str(tmp_path), *flags], message)
+
+
+def test_help_states_each_default_once(example, capsys):
+    with pytest.raises(SystemExit):
+        example.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: nccl with --cuda, else gloo)" in out and "else gloo) (default" not in out
+
+
+def test_the_summary_lists_figures_only_when_drawn(example, fake_data, tmp_path, capsys):
+    example.main([*SMALL, "--out", str(tmp_path), "--no-figures"])
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("written to")][0]
+    assert line.endswith("(results.json, metrics.jsonl, checkpoint.pt)")
+
+
+def test_debug_shows_the_error_itself(example, fake_data, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        example.main([*SMALL, "--out", str(f), "--debug"])

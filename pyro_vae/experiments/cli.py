@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ..data.sources import DATASETS
+from ..data import DATASETS
 from ..model.networks import ACTIVATIONS
+from ..training.config import TrainConfig
 from ..training.distributed import (
     DEFAULT_TIMEOUT,
     DistributedError,
@@ -31,6 +32,8 @@ __all__ = [
     "add_preset_argument",
     "add_eval_samples_argument",
     "add_run_arguments",
+    "add_resume_arguments",
+    "name_list",
     "add_distributed_arguments",
     "device",
     "parse_args",
@@ -161,11 +164,42 @@ def add_eval_samples_argument(p: argparse.ArgumentParser, default: int) -> None:
 
 
 def add_run_arguments(p: argparse.ArgumentParser, out: str) -> None:
-    """``--cuda``, ``--out``, ``--no-progress``, ``--no-figures``."""
+    """``--cuda``, ``--out``, ``--no-progress``, ``--no-figures``, ``--debug``."""
     p.add_argument("--cuda", action="store_true", help="train and evaluate on the GPU")
     p.add_argument("--out", default=out, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error, not only its message"
+    )
+
+
+def add_resume_arguments(p: argparse.ArgumentParser) -> None:
+    """``--resume``, ``--override``, ``--overwrite``: what may happen to a run already in --out."""
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--override",
+        type=name_list,
+        default=(),
+        metavar="FIELD,...",
+        help="with --resume: training settings allowed to differ from the checkpoint's (e.g. "
+        "lr,batch_size); each change is recorded in the checkpoint",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="start a new run in an --out that holds one"
+    )
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """``"lr,batch_size"`` -> ``("lr", "batch_size")``; names are TrainConfig fields."""
+    names = tuple(n.strip().replace("-", "_") for n in text.split(",") if n.strip())
+    valid = set(TrainConfig.__dataclass_fields__)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+        )
+    return names
 
 
 def device(args: argparse.Namespace) -> str:
@@ -192,7 +226,7 @@ def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dist-backend",
         choices=["gloo", "nccl"],
-        default=None,
+        default=argparse.SUPPRESS,
         help="torch.distributed backend (default: nccl with --cuda, else gloo)",
     )
 
@@ -241,7 +275,13 @@ def apply_preset(
 
 #: The errors of a run that mean a bad argument or setup, not a bug: the command exits with
 #: status 2 and their message instead of a traceback.
-ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError)
+ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    RuntimeError,
+    OSError,  # FileNotFoundError, FileExistsError, PermissionError, a full disk, ...
+    FloatingPointError,  # TrainingDiverged
+)
 
 
 @contextmanager
@@ -250,11 +290,15 @@ def exit_on_errors(
     errors: tuple[type[BaseException], ...] = ERRORS,
     where: str = "",
 ) -> Iterator[None]:
-    """Turn ``errors`` raised in the body into ``error{where}: message`` and exit status 2."""
+    """Turn ``errors`` raised in the body into ``error{where}: message`` and exit status 2
+    (with ``--debug`` on the command line they propagate, traceback and all)."""
     try:
         yield
     except errors as e:
-        parser.exit(2, f"error{where}: {e}\n")
+        if "--debug" in sys.argv[1:] or getattr(parser, "debug", False):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        parser.exit(2, f"error{where}: {message}\n")
 
 
 @contextmanager
@@ -267,12 +311,14 @@ def distributed_session(
     process group: joined first (an error there exits), left afterwards, waiting for the
     other processes only if the body finished (a peer may be gone after an error), and an
     error names the rank that hit it."""
+    parser.debug = bool(getattr(args, "debug", False))
     if not args.distributed:
         with exit_on_errors(parser, errors):
             yield
         return
     with exit_on_errors(parser, (DistributedError, ValueError, RuntimeError)):
-        ctx = init_distributed(device(args), backend=args.dist_backend, timeout=args.dist_timeout)
+        backend = getattr(args, "dist_backend", None)
+        ctx = init_distributed(device(args), backend=backend, timeout=args.dist_timeout)
     finished = False
     try:
         with exit_on_errors(parser, errors, where=f" (rank {ctx.rank} of {ctx.world_size})"):

@@ -14,13 +14,14 @@ import torch.distributed as dist
 
 from .._device import resolve_device
 from .._io import atomic_write_json
-from ..data.sources import ImageData, binarize_static, load_dataset
+from ..data import ImageData, binarize_static, load_dataset
 from ..infer.evaluate import evaluate
 from ..model.config import ModelConfig
 from ..model.vae import VAE
+from ..training.checkpoint import CHECKPOINT_NAME
 from ..training.config import TrainConfig
 from ..training.distributed import evaluate_distributed, get_context
-from ..training.loop import train
+from ..training.loop import METRICS_NAME, train
 from .plots import (
     plot_image_grid,
     plot_latent_space,
@@ -223,6 +224,8 @@ def run_experiment(
     log: Callable[[str], None] = print,
     data: ImageData | None = None,
     distributed: bool = False,
+    overwrite: bool = False,
+    override: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train and evaluate a VAE on MNIST or Fashion-MNIST; write everything to ``out_dir``.
 
@@ -233,6 +236,10 @@ def run_experiment(
     with the same arguments (see :mod:`pyro_vae.distributed`); they train one model together
     (``train_config.batch_size`` per process) and shard the test evaluation; only rank 0 logs and
     writes ``out_dir``. Every rank returns the same results (rank 0's also list the figures).
+
+    ``out_dir`` is checked before any data is loaded (see :func:`check_out_dir`): a directory
+    holding a run needs ``resume`` (continue it; ``override`` names the training settings that
+    may change) or ``overwrite`` (start again in it).
     """
     ctx = get_context() if distributed else None
     main = ctx is None or ctx.is_main
@@ -240,6 +247,8 @@ def run_experiment(
     log = log if main else _silent
     device = _run_device(train_config, ctx)
     out = Path(out_dir)
+    if main:
+        check_out_dir(out, resume=resume, overwrite=overwrite)
     if data is None:
         data = _load_data(dataset, data_dir, ctx)
     log(f"data: {data.name} from {data.source}")
@@ -261,6 +270,7 @@ def run_experiment(
         resume=resume,
         callbacks=[lambda r: log(epoch_line(r))],
         distributed=distributed,
+        override=override,
     )
     final = _final_evaluation(vae, result, test_x.to(device), train_config, ctx)
     results = {
@@ -288,6 +298,38 @@ def run_experiment(
     return results
 
 
+def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Fail before any work if ``out`` cannot hold this run: a file where the folder (or one of
+    its parents) should be, a folder this process cannot write, a run already there without
+    ``resume``/``overwrite``, or ``resume`` with nothing to resume."""
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise FileExistsError(
+                f"--out {out}: {parent} is a file, not a folder; choose another --out"
+            )
+    checkpoint = out / CHECKPOINT_NAME
+    held = [n for n in (CHECKPOINT_NAME, RESULTS_NAME, METRICS_NAME) if (out / n).exists()]
+    if resume and not checkpoint.exists():
+        raise FileNotFoundError(
+            f"--resume: there is no checkpoint at {checkpoint}; drop --resume to start the run, "
+            f"or point --out at the run to continue"
+        )
+    if held and not resume and not overwrite:
+        raise FileExistsError(
+            f"--out {out} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+            f"--overwrite to start again in it, or choose another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".{RESULTS_NAME}.probe.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(
+            f"--out {out} cannot be written ({e.strerror or e}); choose a folder you can write"
+        ) from e
+
+
 def epoch_line(r: dict, prefix: str = "") -> str:
     """One log line for an epoch's metrics record (``prefix`` names the run, e.g. its estimator)."""
     parts = [f"{prefix}epoch {r['epoch']:>4}", f"train ELBO {r['train_elbo']:9.3f}"]
@@ -312,7 +354,8 @@ def summary(results: dict, out: Path) -> str:
         f"test ELBO            {results['test_elbo']:.2f} nats",
         f"KL(q(z|x) || p(z))   {results['kl']:.2f} nats, active units "
         f"{results['active_units']}/{results['model']['z_dim']}",
-        f"written to           {out}/ ({RESULTS_NAME}, metrics.jsonl, checkpoint.pt, figures)",
+        f"written to           {out}/ ({RESULTS_NAME}, metrics.jsonl, checkpoint.pt"
+        f"{', figures' if results.get('figures') else ''})",
     ]
     if not math.isfinite(results["test_log_likelihood"]):
         lines.append("warning: the log-likelihood is not finite")

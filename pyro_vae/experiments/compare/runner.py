@@ -14,7 +14,7 @@ import pyro
 import torch
 
 from ..._device import resolve_device
-from ...data.sources import ImageData, load_dataset
+from ...data import ImageData, load_dataset
 from ...infer.evaluate import evaluate
 from ...model.vae import VAE
 from ...training.config import TrainConfig

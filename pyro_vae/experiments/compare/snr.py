@@ -17,7 +17,7 @@ from typing import Any
 import pyro
 import torch
 
-from ...data.sources import binarize_static
+from ...data import binarize_static
 from ...infer.estimators import make_elbo
 from ...infer.gradients import gradient_snr
 from ...model.vae import VAE
