@@ -282,7 +282,54 @@ class TailAdaptive_ELBO(LogWeightsELBO):
         return -lw.scale * _with_gradient(self.bound(lw.log_w).sum(), surrogate)
 
 
-class STL_ELBO(LogWeightsELBO):
+class _PathwiseELBO(LogWeightsELBO):
+    """Path-derivative estimators: the direct (score) derivative of log q is dropped.
+
+    With ``g_k = d log w_k / d z_k`` at fixed parameters, the surrogate's gradient is::
+
+        sum_k a_k d_theta log p(x, z_k) |_(z fixed)   +   sum_k c_k g_k . dz_k/d(params)
+
+    with coefficients ``(a, c)`` from :meth:`coefficients`. From :func:`~pyro_vae.log_weights`
+    (``leaves`` given) ``g_k`` is taken by autograd at the leaves, where the guide was replayed,
+    so log q is a function of z for any guide (flows, dependent latents). From a model's own
+    closed form (no ``leaves``: log q with the guide's parameters held fixed, one latent site)
+    one backward gives the same, with a gradient hook on z for ``c != a``; that hook stays on
+    ``lw.latents``, so compute one objective per :class:`LogWeights`.
+    """
+
+    pathwise = True
+
+    def coefficients(self, log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, c)``, each ``[K, B]``, from detached log weights ``[K, B]``."""
+        raise NotImplementedError
+
+    def objective(self, lw: LogWeights) -> torch.Tensor:
+        log_w = lw.log_w
+        direct, path = self.coefficients(log_w.detach())
+        value = self.bound(log_w.detach()).sum()
+        if not (torch.is_grad_enabled() and log_w.requires_grad):
+            return -lw.scale * value
+        if not lw.leaves:
+            if path is not direct:
+                # c / a (w~ for DReG); 0 where a weight underflowed to 0
+                ratio = torch.where(direct > 0, path / direct, torch.zeros_like(path))
+                for z in lw.latents:
+                    if z.requires_grad:
+                        z.register_hook(_times(ratio, z, self.model_plates))
+            return -lw.scale * _with_gradient(value, (direct * log_w).sum())
+        surrogate = (direct * lw.log_p).sum()
+        # retain_graph: log_p's graph is shared with log_w and is differentiated again, through
+        # the surrogate, by the caller's backward.
+        grads = torch.autograd.grad(
+            (path * log_w).sum(), lw.leaves, retain_graph=True, allow_unused=True
+        )
+        for z, g in zip(lw.latents, grads, strict=True):
+            if g is not None and z.requires_grad:
+                surrogate = surrogate + (g * z).sum()
+        return -lw.scale * _with_gradient(value, surrogate)
+
+
+class STL_ELBO(_PathwiseELBO):
     """Sticking the landing (STL, Roeder, Wu & Duvenaud 2017): the ELBO with K particles
     averaged, and the path-derivative gradient (log q evaluated with the guide's parameters
     detached, z still differentiable).
@@ -291,11 +338,14 @@ class STL_ELBO(LogWeightsELBO):
     guide's gradient is exactly 0 for every draw when q(z | x) = p(z | x).
     """
 
-    pathwise = True
     bound = staticmethod(_mean)
 
+    def coefficients(self, log_w):
+        k = torch.full_like(log_w, 1.0 / log_w.shape[0])
+        return k, k
 
-class DReG_ELBO(LogWeightsELBO):
+
+class DReG_ELBO(_PathwiseELBO):
     """The IWAE bound with the doubly reparameterized gradient (Tucker et al. 2019)::
 
         model params:  sum_k w~_k   d_theta log p(x, z_k)          (the IWAE gradient)
@@ -306,20 +356,11 @@ class DReG_ELBO(LogWeightsELBO):
     its guide gradient's signal-to-noise ratio does not vanish as K grows (it does for IWAE).
     """
 
-    pathwise = True
     bound = staticmethod(_iwae)
 
-    def objective(self, lw: LogWeights) -> torch.Tensor:
-        # log_q has the guide's parameters held fixed, so the surrogate sum_k w~_k log w_k gives
-        # the model parameters the IWAE gradient; the hook multiplies the gradient reaching each
-        # draw z_k once more by w~_k, which gives the guide's parameters sum_k w~_k^2 dlog w/dz.
-        log_w = lw.log_w
-        w = torch.softmax(log_w.detach(), dim=0)
-        for z in lw.latents:
-            if z.requires_grad:
-                z.register_hook(_times(w, z, self.model_plates))
-        surrogate = (w * log_w).sum()
-        return -lw.scale * _with_gradient(self.bound(log_w).sum(), surrogate)
+    def coefficients(self, log_w):
+        w = torch.softmax(log_w, dim=0)
+        return w, w * w
 
 
 def _times(w: torch.Tensor, z: torch.Tensor, max_plate_nesting: int):

@@ -99,19 +99,21 @@ def _check_per_datapoint(model_trace: poutine.Trace, guide_trace: poutine.Trace)
     return scales.pop() if scales else 1.0
 
 
-def _stop_parameters(site: dict) -> torch.Tensor:
-    """log q(z) at the site's own draw with the guide's parameters held fixed: the value of
-    ``log q(z)``, its gradient through z only (the path derivative; Roeder et al. 2017).
-
-    ``log q_phi(z(phi)) - log q_phi(stop(z)) + stop(log q_phi(stop(z)))``: the middle term's
-    gradient is exactly the direct (score) part that the first term's gradient contains.
-    """
-    fn, value = site["fn"], site["value"]
-    lp = fn.log_prob(value)
-    if not value.requires_grad:
-        return lp
-    at_fixed_z = fn.log_prob(value.detach())
-    return lp - at_fixed_z + at_fixed_z.detach()
+def _at_leaves(guide_trace: poutine.Trace) -> tuple[poutine.Trace, tuple]:
+    """A copy of the guide's draws with each latent replaced by a detached leaf tensor that
+    requires grad (other sample sites, e.g. subsample indices, kept as drawn)."""
+    fixed, leaves = poutine.Trace(), []
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        value = site["value"]
+        if _is_latent(site):
+            value = value.detach().requires_grad_(torch.is_floating_point(value))
+            leaves.append(value)
+        fixed.add_node(
+            name, type="sample", is_observed=site["is_observed"], value=value, infer=site["infer"]
+        )
+    return fixed, tuple(leaves)
 
 
 def _analytic_kl(guide_site: dict, model_site: dict) -> torch.Tensor | None:
@@ -138,8 +140,10 @@ def log_weights(
             ``vae.guide`` with ``x [B, ...]`` and ``num_data``); per-datapoint sites in a
             ``pyro.plate`` at dim -1, at most ``max_plate_nesting`` plates.
         num_samples: K, drawn in one vectorized particle plate at dim ``-max_plate_nesting-1``.
-        pathwise: compute ``log_q`` with the guide's parameters held fixed (gradient through z
-            only), as the path-derivative estimators (STL, DReG) need.
+        pathwise: evaluate ``log_p`` and ``log_q`` at ``leaves``, detached copies of the draws
+            (the guide replayed there, so log q is a function of z whatever the guide is, flows
+            and dependent latents included), as the path-derivative estimators (STL, DReG)
+            need; ``latents`` keep the draws with their path to the guide's parameters.
         analytic_kl: for each latent site whose KL(q || p) Pyro registers, take it out of
             ``log_p`` and ``log_q`` and return it in ``kl`` (as ``TraceMeanField_ELBO`` does).
     Returns:
@@ -154,10 +158,16 @@ def log_weights(
     guide_trace = poutine.trace(_in_particle_plate(guide, num_samples, dim)).get_trace(
         *args, **kwargs
     )
+    latents = tuple(s["value"] for s in guide_trace.nodes.values() if _is_latent(s))
+    leaves: tuple = ()
+    if pathwise:
+        fixed, leaves = _at_leaves(guide_trace)
+        at_leaves = poutine.replay(_in_particle_plate(guide, num_samples, dim), trace=fixed)
+        guide_trace = poutine.trace(at_leaves).get_trace(*args, **kwargs)
     replayed = poutine.replay(_in_particle_plate(model, num_samples, dim), trace=guide_trace)
     model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     scale = _check_per_datapoint(model_trace, guide_trace)
-    log_p = log_q = kl = torch.zeros(())
+    log_p = log_q = kl = log_lik = None
     analytic: set[str] = set()
     for name, site in guide_trace.nodes.items():
         if not _is_latent(site):
@@ -165,23 +175,22 @@ def log_weights(
         if analytic_kl and name in model_trace.nodes:
             site_kl = _analytic_kl(site, model_trace.nodes[name])
             if site_kl is not None:
-                kl = kl + _reduce(site, site_kl, num_dims)
+                kl = _add(kl, _reduce(site, site_kl, num_dims))
                 analytic.add(name)
                 continue
-        lq = _stop_parameters(site) if pathwise else site["fn"].log_prob(site["value"])
-        log_q = log_q + _reduce(site, lq, num_dims)
-    log_lik = torch.zeros(())
+        log_q = _add(log_q, _reduce(site, site["fn"].log_prob(site["value"]), num_dims))
     for name, site in model_trace.nodes.items():
         if _is_scored(site) and name not in analytic:
             lp = _reduce(site, site["fn"].log_prob(site["value"]), num_dims)
-            log_p = log_p + lp
+            log_p = _add(log_p, lp)
             if site["is_observed"]:
-                log_lik = log_lik + lp
-    if not any(_is_scored(s) for s in model_trace.nodes.values()):
+                log_lik = _add(log_lik, lp)
+    if log_p is None and not analytic:
         raise ValueError("the model has no sample sites")
-    batch = torch.broadcast_shapes(log_p.shape, log_q.shape, kl.shape)
-    shape = (num_samples, batch[-1] if batch else 1)
-    latents = tuple(s["value"] for s in guide_trace.nodes.values() if _is_latent(s))
+    present = [v for v in (log_p, log_q, kl) if v is not None]
+    shape = (num_samples, torch.broadcast_shapes(*(v.shape for v in present))[-1])
+    zeros = present[0].new_zeros(shape)  # on the data's device and in its dtype
+    log_p, log_q, log_lik = (zeros if v is None else v for v in (log_p, log_q, log_lik))
     return LogWeights(
         log_p=log_p.expand(shape),
         log_q=log_q.expand(shape),
@@ -191,4 +200,9 @@ def log_weights(
         traces=(model_trace, guide_trace),
         log_lik=log_lik.expand(shape),
         analytic=tuple(sorted(analytic)),
+        leaves=leaves,
     )
+
+
+def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
+    return term if total is None else total + term

@@ -39,6 +39,13 @@ class LogWeights(NamedTuple):
     from the Pyro program, else None; ``log_lik``: the observed sites' part of ``log_p``,
     log p(x_n | z_nk) (so ``log_p - log_lik`` is the prior's); ``analytic``: the names of the
     latent sites whose KL is in ``kl``.
+
+    Asked for ``pathwise`` (the path-derivative estimators) a computation returns one of two
+    forms. With ``leaves`` (what :func:`pyro_vae.log_weights` returns for any guide):
+    ``log_p`` and ``log_q`` are evaluated at the detached, grad-requiring copies ``leaves`` of
+    the draws ``latents``. Without (a model's own closed form, e.g. the VAE's diagonal-Normal
+    guide): ``log_q`` is evaluated at the draws with the guide's parameters held fixed, so its
+    gradient flows through z only; valid for one latent site.
     """
 
     log_p: torch.Tensor
@@ -49,6 +56,7 @@ class LogWeights(NamedTuple):
     traces: tuple | None = None
     log_lik: torch.Tensor | None = None
     analytic: tuple[str, ...] = ()
+    leaves: tuple[torch.Tensor, ...] = ()
 
     @property
     def log_w(self) -> torch.Tensor:

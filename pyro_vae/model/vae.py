@@ -69,8 +69,8 @@ def _expect(component: str, d, batch: tuple, event: tuple, contract: str) -> Non
 
 
 def _log_q(q, z, gaussian, eps, pathwise: bool) -> torch.Tensor:
-    """log q(z | x) ``[K, B]`` at q's own draw ``z``; with ``pathwise`` the guide's parameters
-    are held fixed (gradient through z only)."""
+    """log q(z | x) ``[K, B]`` at q's own draw ``z``; with ``pathwise`` (diagonal Normal only)
+    the guide's parameters are held fixed, so the gradient flows through z only."""
     if gaussian is not None:
         loc, s = gaussian
         if pathwise:
@@ -78,11 +78,7 @@ def _log_q(q, z, gaussian, eps, pathwise: bool) -> torch.Tensor:
             eps = (z - loc) / s
         # Written in the noise: the same value as Normal.log_prob, in fewer operations.
         return -(0.5 * eps.pow(2) + s.log()).sum(-1) - z.shape[-1] * _HALF_LOG_2PI
-    lq = q.log_prob(z)
-    if not pathwise:
-        return lq
-    at_fixed_z = q.log_prob(z.detach())
-    return lq - at_fixed_z + at_fixed_z.detach()
+    return q.log_prob(z)
 
 
 _instances = itertools.count()
@@ -266,6 +262,13 @@ class VAE(nn.Module):
                 f"(has_rsample={q.has_rsample}); the Pyro program handles this guide"
             )
         gaussian = _diagonal_normal(q)
+        if pathwise and gaussian is None:
+            # A flow's log q at its own draw goes through its cached input, not z: the path
+            # derivative needs the leaves of pyro_vae.log_weights (the Pyro program).
+            raise ValueError(
+                f"VAE.log_weights(pathwise=True) has a closed form for a diagonal-Normal guide "
+                f"only, not {type(q).__name__}; the Pyro program handles this guide"
+            )
         if gaussian is not None:
             loc, s = gaussian
             # The very draw torch's Normal.rsample makes; eps gives log q(z) below.
