@@ -508,3 +508,8 @@ def test_path_derivatives_with_a_dependent_latent_equal_the_reference(kind):
     got = torch.autograd.grad(loss, list(m.parameters()))
     for g, r in zip(got, m.reference(x, 4, 3, kind), strict=True):
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-11)
+
+
+def test_tracegraph_with_jit_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="'tracegraph' has no JIT variant.*drop jit=True"):
+        make_elbo("tracegraph", jit=True)

@@ -119,3 +119,18 @@ def test_a_model_without_a_data_plate_is_one_datapoint():
     exact = dist.Normal(0.0, 2**0.5).log_prob(torch.tensor(0.5))
     assert lw.log_w.shape == (6, 1)
     torch.testing.assert_close(lw.log_w, exact.expand(6, 1), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{}, {"analytic_kl": True}, {"pathwise": True}])
+def test_every_field_is_on_the_datas_device_and_dtype(options):
+    """On the meta device (no GPU needed) as torch would on CUDA: a CPU accumulator expanded to
+    [K, B] would raise when combined (a crash on CUDA before this test existed)."""
+    with pyro.validation_enabled(False):
+        vae = pv.VAE(6, 3, (8,)).to("meta")
+        x = torch.zeros(4, 6, device="meta")
+        lw = pv.log_weights(vae.model, vae.guide, x, num_samples=2, **options)
+        fields = [lw.log_p, lw.log_q, lw.log_lik, lw.log_w] + ([lw.kl] if lw.kl is not None else [])
+        assert all(t.device.type == "meta" for t in fields)
+    vae, x = _vae(), _x()  # float64
+    lw = pv.log_weights(vae.model, vae.guide, x, num_samples=2, **options)
+    assert all(t.dtype == torch.float64 for t in (lw.log_p, lw.log_q, lw.log_lik))

@@ -218,3 +218,17 @@ def test_train_with_and_without_the_fast_path_ends_at_the_same_parameters(estima
 def test_an_estimator_without_differentiable_loss_is_refused_clearly():
     with pytest.raises(TypeError, match="no differentiable_loss.*'tracegraph'"):
         TrainingLoss(_vae(), infer.TraceGraph_ELBO())
+
+
+def test_an_estimator_subclass_with_its_own_loss_gets_its_own_loss_every_step():
+    class Regularized(pv.estimators.IWAE_ELBO):
+        def differentiable_loss(self, model, guide, *args, **kwargs):
+            return super().differentiable_loss(model, guide, *args, **kwargs) + 0.0
+
+    vae, x = _vae(), _x()
+    elbo = Regularized(3)
+    loss = TrainingLoss(vae, elbo)
+    assert not loss.uses_model_log_weights
+    with mock.patch.object(elbo, "differentiable_loss", wraps=elbo.differentiable_loss) as prog:
+        _run(loss, x, 3)
+    assert prog.call_count == 3

@@ -328,3 +328,28 @@ def test_resume_without_a_checkpoint_refuses(tmp_path):
     with pytest.raises(pv.CheckpointError, match="nothing to resume: there is no checkpoint"):
         pv.train(_vae(), _data()[0], config=CFG, out_dir=tmp_path, resume=True)
     assert not any(tmp_path.iterdir())
+
+
+def test_configs_check_types_and_accept_numpy_numbers():
+    import numpy as np
+
+    cfg = pv.TrainConfig(batch_size=np.int64(64), lr=np.float32(0.5))
+    assert type(cfg.batch_size) is int and type(cfg.lr) is float
+    for bad, message in [
+        (dict(epochs=2.5), r"TrainConfig.epochs must be an int, got 2.5"),
+        (dict(epochs="3"), r"TrainConfig.epochs must be an int, got '3'"),
+        (dict(jit=1), r"TrainConfig.jit must be a bool"),
+    ]:
+        with pytest.raises(TypeError, match=message):
+            pv.TrainConfig(**bad)
+    with pytest.raises(ValueError, match="TrainConfig.device must be 'cpu', 'cuda' or 'cuda:N'"):
+        pv.TrainConfig(device="tpu")
+    with pytest.raises(TypeError, match=r"ModelConfig.hidden_dims must be a tuple of ints"):
+        pv.ModelConfig(784, hidden_dims=(400.5,))
+
+
+def test_load_config_names_the_file(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=r"config.json is not a pyro_vae config"):
+        pv.load_config(bad)

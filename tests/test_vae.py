@@ -295,3 +295,19 @@ def test_log_likelihood_gives_the_librarys_support_message():
     grey = torch.rand(4, 6)
     with pytest.raises(ValueError, match="bernoulli likelihood needs binary data in \\{0, 1\\}"):
         pv.log_likelihood(vae.model, vae.guide, grey, num_samples=2)
+
+
+def test_the_construction_check_keeps_dtype_device_and_batch_norm_state():
+    class BatchNormGuide(pv.guides.NormalGuide):
+        def __init__(self):
+            super().__init__(6, 3, (8,), "relu")
+            self.norm = torch.nn.BatchNorm1d(6)
+
+        def forward(self, x):
+            return super().forward(self.norm(x))
+
+    guide = BatchNormGuide().double()
+    vae = pv.VAE(6, 3, (8,), guide=guide)  # the decoder is float32 here: checked as built
+    assert int(guide.norm.num_batches_tracked) == 0 and guide.training
+    assert torch.equal(guide.norm.running_var, torch.ones(6, dtype=torch.float64))
+    assert vae.training

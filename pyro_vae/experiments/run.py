@@ -233,9 +233,10 @@ def run_experiment(
     be passed instead of a dataset name. Returns the dict written to ``results.json``.
 
     ``distributed=True``: every process of the initialized ``torch.distributed`` group calls this
-    with the same arguments (see :mod:`pyro_vae.distributed`); they train one model together
-    (``train_config.batch_size`` per process) and shard the test evaluation; only rank 0 logs and
-    writes ``out_dir``. Every rank returns the same results (rank 0's also list the figures).
+    with the same arguments (see :mod:`pyro_vae.training.distributed`); they train one model
+    together (``train_config.batch_size`` per process) and shard the test evaluation; only rank 0
+    logs and writes ``out_dir``. Every rank returns the same results (rank 0's also list the
+    figures).
 
     ``out_dir`` is checked before any data is loaded (see :func:`check_out_dir`): a directory
     holding a run needs ``resume`` (continue it; ``override`` names the training settings that

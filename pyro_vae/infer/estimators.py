@@ -520,6 +520,11 @@ def _pyro_jit(name: str, cls, jit_cls):
                     **options,
                 )
             return cls(num_particles=num_particles, max_plate_nesting=max_plate_nesting, **options)
+        if cls is TraceGraph_ELBO:
+            raise ValueError(
+                "'tracegraph' has no JIT variant that training can use (Pyro's "
+                "JitTraceGraph_ELBO has no differentiable_loss); drop jit=True (--jit)"
+            )
         # torch's own shape checks (e.g. in binary_cross_entropy_with_logits) emit
         # TracerWarnings while tracing; they are static for a fixed batch shape.
         options.setdefault("ignore_jit_warnings", True)

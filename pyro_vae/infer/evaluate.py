@@ -173,7 +173,7 @@ def summarize(
     stats: LogLikelihood, kl: torch.Tensor, posterior_means: torch.Tensor, num_samples: int
 ) -> dict[str, float]:
     """The dict :func:`evaluate` returns, from per-datapoint ``[N]`` results and ``[N, z_dim]``
-    posterior means (shared with the sharded evaluation in :mod:`pyro_vae.distributed`)."""
+    posterior means (shared with the sharded evaluation in :mod:`pyro_vae.training.distributed`)."""
     ll, n = stats.log_likelihood, len(stats.log_likelihood)
     return {
         "log_likelihood": float(ll.mean()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -25,11 +26,12 @@ def _conforms(value: Any, hint: Any) -> tuple[bool, Any]:
         return value is None, value
     if hint is bool:
         return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is int:  # numpy integers too, stored as ints
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return ok, int(value) if ok and type(value) is not int else value
     if hint is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        return ok, float(value) if ok and type(value) is not float else value
     if hint is str:
         return isinstance(value, str), value
     if origin is tuple:

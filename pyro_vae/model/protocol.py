@@ -1,10 +1,14 @@
 """The protocol every model object obeys, and the log weights it may compute itself.
 
-What :func:`~pyro_vae.train`, :func:`~pyro_vae.evaluate`, :func:`~pyro_vae.gradient_snr` and
-checkpoints accept is any ``torch.nn.Module`` with two Pyro programs::
+The protocol of a model object is two Pyro programs on an ``nn.Module``::
 
     model(x, num_data=None)    # p(x, z): per-datapoint sites in pyro.plate("data", dim=-1)
     guide(x, num_data=None)    # q(z | x): the same plate, scaled by num_data / len(x) when given
+
+:func:`~pyro_vae.log_weights`, :func:`~pyro_vae.log_likelihood`, the estimators and
+:func:`~pyro_vae.gradient_snr` need only these. :func:`~pyro_vae.train`, :func:`~pyro_vae.evaluate`
+and checkpoints today also use what the built-in :class:`~pyro_vae.VAE` has (``check_data``,
+``config``, ``posterior_mean``).
 
 Optionally it computes the log weights of those programs itself, in plain torch and on the same
 random draws as the Pyro program (this is the training fast path)::

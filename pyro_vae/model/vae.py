@@ -49,6 +49,15 @@ def _diagonal_normal(q) -> tuple[torch.Tensor, torch.Tensor] | None:
     return None
 
 
+def _dtype_device(module: nn.Module) -> dict:
+    """The dtype and device of ``module``'s first floating parameter or buffer (the default
+    dtype on the CPU when it has none)."""
+    for t in (*module.parameters(), *module.buffers()):
+        if t.is_floating_point():
+            return {"dtype": t.dtype, "device": t.device}
+    return {}
+
+
 def _expect(component: str, d, batch: tuple, event: tuple, contract: str) -> None:
     if not isinstance(d, torch.distributions.Distribution):
         raise TypeError(
@@ -156,20 +165,22 @@ class VAE(nn.Module):
         """Each component returns what the program needs: checked once, on a dummy batch of 2,
         so that a user-written one fails here with its name rather than deep inside Pyro."""
         x_dim, z_dim = self.config.x_dim, self.config.z_dim
-        with torch.no_grad():
-            _expect("prior", self.prior(), (), (z_dim,), "a distribution over z: [z_dim]")
-            q = self.encoder(torch.zeros(2, x_dim))
-            _expect(
-                "guide", q, (2,), (z_dim,), "q(z | x) for x [B, x_dim]: batch [B], event [z_dim]"
-            )
-            p = self.likelihood(self.decoder(torch.zeros(2, z_dim)))
-            _expect(
-                "likelihood",
-                p,
-                (2,),
-                (x_dim,),
-                "p(x | z) for z [B, z_dim]: batch [B], event [x_dim]",
-            )
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()  # no batch-norm statistics from a dummy batch
+        try:
+            with torch.no_grad():
+                self._check_each(x_dim, z_dim)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    def _check_each(self, x_dim: int, z_dim: int) -> None:
+        _expect("prior", self.prior(), (), (z_dim,), "a distribution over z: [z_dim]")
+        q = self.encoder(torch.zeros(2, x_dim, **_dtype_device(self.encoder)))
+        _expect("guide", q, (2,), (z_dim,), "q(z | x) for x [B, x_dim]: batch [B], event [z_dim]")
+        p = self.likelihood(self.decoder(torch.zeros(2, z_dim, **_dtype_device(self.decoder))))
+        contract = "p(x | z) for z [B, z_dim]: batch [B], event [x_dim]"
+        _expect("likelihood", p, (2,), (x_dim,), contract)
 
     @classmethod
     def from_config(cls, config: ModelConfig, **objects) -> VAE:

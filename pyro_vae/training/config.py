@@ -34,10 +34,9 @@ class TrainConfig(JsonConfig):
     seed: int = 0
     device: str = "cpu"
     jit: bool = False
-    #: between Pyro-run, validated steps (every 50th), skip Pyro's validation and, for ``trace``,
-    #: ``meanfield``, ``iwae`` and ``renyi`` on the VAE's own program, evaluate the same loss
-    #: without Pyro's interpreter (:mod:`pyro_vae.direct`); False runs the Pyro program,
-    #: validated, every step
+    #: between Pyro-run, validated steps (every 50th), use the model's own log weights where it
+    #: has them (:mod:`pyro_vae.training.loss` says what runs when); False runs the Pyro
+    #: program, validated, every step
     fast_path: bool = True
     progress: bool = True
     #: ``None`` (constant lr) or ``"burda2015"``: lr * 10^(-i/7) for 3^i epochs, i = 0, 1, ...

@@ -105,7 +105,7 @@ def get_context() -> DistributedContext:
     if not (dist.is_available() and dist.is_initialized()):
         raise DistributedError(
             "distributed training needs an initialized torch.distributed process group: call "
-            f"pyro_vae.distributed.init_distributed() in every process, and {LAUNCH_HINT}"
+            f"pyro_vae.training.distributed.init_distributed() in every process, and {LAUNCH_HINT}"
         )
     rank = dist.get_rank()
     return DistributedContext(

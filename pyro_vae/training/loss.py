@@ -1,14 +1,14 @@
 """The loss a training step differentiates: the estimator's objective, and what runs when.
 
 For an estimator that is a function of log weights (every one of :mod:`pyro_vae.estimators` but
-``tracegraph``) and a model object that computes its own log weights in plain torch (the built-in
-:class:`~pyro_vae.VAE`), training runs:
+``score`` and ``tracegraph``) and a model object that computes its own log weights in plain torch
+(the built-in :class:`~pyro_vae.VAE`), training runs:
 
 * on step 0 and every ``VALIDATE_EVERY``-th step after it (counted from the start of training, a
   resumed run included): **the Pyro program**, with Pyro's validation on; the model's own log
-  weights are computed first on the same random draws (no gradient) and compared with the
-  program's loss. If they differ, a ``RuntimeWarning`` says so and every later step runs the
-  Pyro program;
+  weights are computed first on the same random draws (no gradient) and their loss *value* is
+  compared with the program's (gradients are compared in the tests, in float64). If they
+  differ, a ``RuntimeWarning`` says so and every later step runs the Pyro program;
 * on the steps between: ``estimator.objective(model.log_weights(x, num_data, ...))``: the same
   estimator on the same draws, without Pyro's interpreter.
 
@@ -30,6 +30,7 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch import nn
 
 from .._device import fork_rng
+from ..infer.estimators import LogWeightsELBO
 
 __all__ = ["TrainingLoss", "VALIDATE_EVERY"]
 
@@ -59,11 +60,14 @@ class TrainingLoss(nn.Module):
         self.fast_path = bool(fast_path)
         self.step = int(first_step)
         own = getattr(module, "log_weights", None)
+        # Only where the estimator's loss is exactly objective(log_weights): a subclass that
+        # overrides differentiable_loss computes something else, and gets its own every step.
         self.uses_model_log_weights = (
             self.fast_path
             and callable(own)
-            and hasattr(elbo, "objective")
-            and getattr(elbo, "accepts_model_log_weights", False)
+            and isinstance(elbo, LogWeightsELBO)
+            and type(elbo).differentiable_loss is LogWeightsELBO.differentiable_loss
+            and elbo.accepts_model_log_weights
         )
 
     def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
