@@ -4,12 +4,14 @@ estimators and closed forms."""
 import pyro
 import pyro.distributions as dist
 import pyro.infer as infer
+import pyro.poutine as poutine
 import pytest
 import torch
 from gradcheck import loss_grads_and_rng
 from linear_gaussian import ExactPosterior, exact_log_marginal, linear_gaussian_vae, with_guide
 
 import pyro_vae as pv
+from pyro_vae.infer.log_weights import NotPerDatapoint
 
 
 def _vae(prior="normal", guide="normal"):
@@ -134,3 +136,36 @@ def test_every_field_is_on_the_datas_device_and_dtype(options):
     vae, x = _vae(), _x()  # float64
     lw = pv.log_weights(vae.model, vae.guide, x, num_samples=2, **options)
     assert all(t.dtype == torch.float64 for t in (lw.log_p, lw.log_q, lw.log_lik))
+
+
+class _ScaledKL(pv.VAE):
+    """Latent sites under poutine.scale(0.5): no per-datapoint log weights of one scale."""
+
+    log_weights = None
+
+    def model(self, x, num_data=None):
+        with self._data_plate(x, num_data):
+            with poutine.scale(scale=0.5):
+                z = pyro.sample("z", self.prior())
+            return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    def guide(self, x, num_data=None):
+        with self._data_plate(x, num_data), poutine.scale(scale=0.5):
+            return pyro.sample("z", self.encoder(x))
+
+
+@pytest.mark.parametrize(
+    "ours,pyros", [("trace", infer.Trace_ELBO), ("meanfield", infer.TraceMeanField_ELBO)]
+)
+def test_trace_and_meanfield_fall_back_to_pyros_estimators(ours, pyros):
+    torch.manual_seed(0)
+    vae, x = _ScaledKL(6, 3, (8,)).double(), _x()
+    with pytest.raises(NotPerDatapoint, match=r"one subsampling scale.*poutine.scale"):
+        pv.log_weights(vae.model, vae.guide, x)
+    torch.manual_seed(1)
+    got = pv.make_elbo(ours).differentiable_loss(vae.model, vae.guide, x)
+    torch.manual_seed(1)
+    expected = pyros(max_plate_nesting=1).differentiable_loss(vae.model, vae.guide, x)
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(NotPerDatapoint):
+        pv.make_elbo("iwae", 2).differentiable_loss(vae.model, vae.guide, x)

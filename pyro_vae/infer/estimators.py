@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 import pyro.infer as infer
+import pyro.util
 import torch
 from pyro.distributions import TorchDistribution
 from pyro.infer import ELBO
@@ -37,7 +38,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
 from .._registry import lookup
-from .log_weights import LogWeights, latent_sites, log_weights
+from .log_weights import LogWeights, NotPerDatapoint, latent_sites, log_weights
 
 __all__ = [
     "LogWeightsELBO",
@@ -83,6 +84,8 @@ class LogWeightsELBO(ELBO):
     #: whether a model's own plain-torch log weights may stand in for the Pyro program
     accepts_model_log_weights = True
     _needs_rsample = True
+    #: Pyro's estimator of the same objective, for pairs without per-datapoint log weights
+    _pyro = None
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: int = 1) -> None:
         if int(num_particles) < 1:
@@ -120,7 +123,7 @@ class LogWeightsELBO(ELBO):
         if self._needs_rsample:
             for site in latent_sites(lw.traces[1]):
                 if not site["fn"].has_rsample:
-                    raise ValueError(
+                    raise _NeedsRsample(
                         f"{type(self).__name__} needs a reparameterized guide, but site "
                         f"{site['name']!r} has no rsample; use 'score' or 'tracegraph'"
                     )
@@ -136,8 +139,22 @@ class LogWeightsELBO(ELBO):
         return -lw.scale * self.bound(lw.log_w).sum()
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """``objective(log_weights(model, guide, *args, **kwargs))``."""
-        return self.objective(self.log_weights(model, guide, *args, **kwargs))
+        """``objective(log_weights(model, guide, *args, **kwargs))``; for a pair without
+        per-datapoint log weights, Pyro's own estimator where it has one (``_pyro``)."""
+        rng = pyro.util.get_rng_state() if self._pyro is not None else None
+        try:
+            lw = self.log_weights(model, guide, *args, **kwargs)
+        except (NotPerDatapoint, _NeedsRsample):
+            if self._pyro is None:
+                raise
+            pyro.util.set_rng_state(rng)  # Pyro's estimator draws what this attempt drew
+            elbo = self._pyro(
+                num_particles=self.num_particles,
+                vectorize_particles=self.num_particles > 1,
+                max_plate_nesting=self.model_plates,
+            )
+            return elbo.differentiable_loss(model, guide, *args, **kwargs)
+        return self.objective(lw)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """The loss value only (no gradients)."""
@@ -152,6 +169,10 @@ class LogWeightsELBO(ELBO):
         return loss.detach().item()
 
 
+class _NeedsRsample(ValueError):
+    """A guide site without rsample under a reparameterized estimator."""
+
+
 def _mean(log_w: torch.Tensor) -> torch.Tensor:
     return log_w.mean(0)
 
@@ -162,11 +183,12 @@ def _iwae(log_w: torch.Tensor) -> torch.Tensor:
 
 class TraceELBO(LogWeightsELBO):
     """The ELBO with K particles averaged, reparameterized: ``pyro.infer.Trace_ELBO``'s loss and
-    gradient for models whose latents are all per datapoint (checked against it in float64), as a
-    function of log weights. For global latents or non-reparameterized guides use Pyro's own
-    ``Trace_ELBO`` (``train(..., elbo=pyro.infer.Trace_ELBO())``) or ``tracegraph``."""
+    gradient (checked against it in float64), as a function of log weights. A pair without
+    per-datapoint log weights (a global latent, a ``poutine.scale`` on some sites) or with a
+    guide site that has no ``rsample`` gets ``pyro.infer.Trace_ELBO`` itself."""
 
     bound = staticmethod(_mean)
+    _pyro = infer.Trace_ELBO
 
 
 class MeanFieldELBO(TraceELBO):
@@ -174,6 +196,7 @@ class MeanFieldELBO(TraceELBO):
     site where Pyro registers one and a Monte Carlo term elsewhere (e.g. a mixture prior)."""
 
     analytic_kl = True
+    _pyro = infer.TraceMeanField_ELBO
 
 
 class IWAE_ELBO(LogWeightsELBO):

@@ -27,10 +27,15 @@ from torch.distributions import kl_divergence
 
 from ..model.protocol import LogWeights
 
-__all__ = ["LogWeights", "log_weights", "latent_sites", "PARTICLE_PLATE"]
+__all__ = ["LogWeights", "NotPerDatapoint", "log_weights", "latent_sites", "PARTICLE_PLATE"]
 
 #: the name of the outer plate that holds the K particles
 PARTICLE_PLATE = "_num_particles_vectorized"
+
+
+class NotPerDatapoint(ValueError):
+    """The model/guide pair has no per-datapoint log weights (a global latent, or sites scaled
+    differently); ``trace`` and ``meanfield`` then use Pyro's own estimators."""
 
 
 def _in_particle_plate(fn, num_samples: int, dim: int):
@@ -84,17 +89,25 @@ def _check_per_datapoint(model_trace: poutine.Trace, guide_trace: poutine.Trace)
     if any(_in_data_plate(s) for s in sites):
         for s in sites:
             if not s["is_observed"] and not _in_data_plate(s):
-                raise ValueError(
+                raise NotPerDatapoint(
                     f"latent site {s['name']!r} is not in the data plate (a pyro.plate at dim "
                     f"-1): per-datapoint log weights would count a global latent once per "
                     f"datapoint; put it in the data plate, or use Pyro's Trace_ELBO for models "
                     f"with global latents"
                 )
-    scales = {float(s["scale"]) for s in model_trace.nodes.values() if _is_scored(s)}
+    scales = set()
+    for s in (s for t in (model_trace, guide_trace) for s in t.nodes.values() if _is_scored(s)):
+        if isinstance(s["scale"], torch.Tensor) and s["scale"].numel() > 1:
+            raise NotPerDatapoint(
+                f"site {s['name']!r} has a tensor scale: per-datapoint log weights take one "
+                f"subsampling scale for all sites"
+            )
+        scales.add(float(s["scale"]))
     if len(scales) > 1:
-        raise ValueError(
+        raise NotPerDatapoint(
             f"per-datapoint log weights need one subsampling scale for all sites, found "
-            f"{sorted(scales)}; keep every per-datapoint site in the same data plate"
+            f"{sorted(scales)} (a poutine.scale on some sites?); the per-datapoint estimators "
+            f"need the data plate's N/B alone"
         )
     return scales.pop() if scales else 1.0
 
