@@ -32,7 +32,7 @@ from .config import ModelConfig
 from .guides import Guide, make_guide
 from .likelihoods import Likelihood, make_likelihood
 from .networks import MLP
-from .priors import Prior, make_prior
+from .priors import Prior, StandardNormalPrior, make_prior
 from .protocol import LogWeights
 
 __all__ = ["VAE"]
@@ -288,21 +288,35 @@ class VAE(nn.Module):
         else:
             z = q.rsample((num_samples,))
         log_lik = self.likelihood(self.decoder(z)).log_prob(x)  # [K, B]
-        log_p = log_lik
-        prior = self.prior()
-        kl = None
-        if analytic_kl:
-            try:
-                kl = kl_divergence(q, prior.expand(q.batch_shape)).expand(log_p.shape)
-            except NotImplementedError:  # e.g. a mixture prior: Monte Carlo, as Pyro does
-                kl = None
+        kl = self._analytic_kl(q, gaussian) if analytic_kl else None
         if kl is not None:
-            log_q = torch.zeros_like(log_p)
+            kl = kl.expand(log_lik.shape)
+            log_p, log_q = log_lik, torch.zeros_like(log_lik)
         else:
-            log_p = log_p + prior.log_prob(z)
+            log_p = log_lik + self._log_prior(z)
             log_q = _log_q(q, z, gaussian, eps if gaussian is not None else None, pathwise)
         analytic = ("z",) if kl is not None else ()
         return LogWeights(log_p, log_q, kl, scale, (z,), None, log_lik, analytic)
+
+    def _standard_prior(self) -> bool:
+        # Exactly the built-in N(0, I): a subclass may change forward().
+        return type(self.prior) is StandardNormalPrior
+
+    def _analytic_kl(self, q, gaussian) -> torch.Tensor | None:
+        """KL(q(z | x_n) || p(z)) ``[B]``, or None where Pyro registers no closed form."""
+        if gaussian is not None and self._standard_prior():
+            loc, s = gaussian  # the closed form written out: fewer operations, same values
+            return (0.5 * (s.pow(2) + loc.pow(2) - 1.0) - s.log()).sum(-1)
+        try:
+            return kl_divergence(q, self.prior().expand(q.batch_shape))
+        except NotImplementedError:  # e.g. a mixture prior: Monte Carlo, as Pyro does
+            return None
+
+    def _log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) ``[K, B]`` for ``z [K, B, z_dim]``."""
+        if self._standard_prior():
+            return -0.5 * z.pow(2).sum(-1) - z.shape[-1] * _HALF_LOG_2PI
+        return self.prior().log_prob(z)
 
     # -- conveniences -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> dist.Distribution:
