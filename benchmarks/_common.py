@@ -52,7 +52,8 @@ class RefVAE(nn.Module):
         c = vae.config
         if (c.prior, c.likelihood, c.guide) != ("normal", "bernoulli", "normal"):
             raise ValueError("the reference implements the normal/bernoulli/normal VAE only")
-        ref = cls(c.x_dim, c.z_dim, c.hidden_dims, c.activation)
+        param = next(vae.parameters())
+        ref = cls(c.x_dim, c.z_dim, c.hidden_dims, c.activation).to(param.device, param.dtype)
         rename = {
             "encoder.net.hidden.": "enc_hidden.",
             "encoder.net.out.": "enc_out.",
@@ -65,7 +66,7 @@ class RefVAE(nn.Module):
                 if key.startswith(old):
                     state[new + key[len(old) :]] = value.detach().clone()
         ref.load_state_dict(state, strict=True)
-        return ref.to(next(vae.parameters()).device)
+        return ref
 
     def encode(self, x):
         loc, raw = self.enc_out(self.enc_hidden(x)).chunk(2, dim=-1)
@@ -106,6 +107,46 @@ class RefVAE(nn.Module):
         log_w = self.log_weights(x, num_particles)
         bound = log_w.logsumexp(0) - math.log(num_particles)
         return -(num_data / len(x)) * bound.sum()
+
+    # The path-derivative estimators. log q(z | x) is evaluated with (loc, scale) detached, so
+    # its gradient flows through z only, and one backward gives the path derivative.
+    def log_weights_pathwise(self, x, num_samples: int):
+        """``(log w [K, B], z [K, B, z_dim])`` with log q at detached (loc, scale)."""
+        loc, scale = self.encode(x)
+        eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)
+        z = loc + scale * eps
+        logits = self.decode(z)
+        log_px = -F.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none"
+        ).sum(-1)
+        d = self.z_dim
+        log_pz = -0.5 * z.pow(2).sum(-1) - 0.5 * d * LOG_2PI
+        loc_, scale_ = loc.detach(), scale.detach()
+        log_qz = (
+            -0.5 * ((z - loc_) / scale_).pow(2).sum(-1) - scale_.log().sum(-1) - 0.5 * d * LOG_2PI
+        )
+        return log_px + log_pz - log_qz, z
+
+    def loss_stl(self, x, num_data, num_particles):
+        """Sticking the landing (Roeder et al. 2017): the ELBO (mean over K) with log q at
+        detached (loc, scale)."""
+        log_w, _ = self.log_weights_pathwise(x, num_particles)
+        return -(num_data / len(x)) * log_w.mean(0).sum()
+
+    def loss_dreg(self, x, num_data, num_particles):
+        """DReG (Tucker et al. 2019) for the diagonal-Normal encoder: the value of the IWAE loss;
+        the gradient sum_k w~_k d log p(x, z_k) for the decoder (the IWAE gradient) and
+        sum_k w~_k^2 d log w_k / dz_k dz_k / dphi for the encoder. One backward: the surrogate
+        sum_k w~_k log w_k (w~ = softmax_k log w, detached; log q at detached (loc, scale)) and a
+        hook on z that multiplies the gradient reaching z_k once more by w~_k."""
+        log_w, z = self.log_weights_pathwise(x, num_particles)
+        w = torch.softmax(log_w.detach(), dim=0)
+        if z.requires_grad:
+            z.register_hook(lambda grad: grad * w.unsqueeze(-1))
+        c = num_data / len(x)
+        surrogate = -c * (w * log_w).sum()
+        value = -c * (log_w.detach().logsumexp(0) - math.log(num_particles)).sum()
+        return value + (surrogate - surrogate.detach())
 
     @torch.no_grad()
     def log_likelihood(self, data, num_samples, batch_size, chunk_size):

@@ -1,15 +1,17 @@
 """Training throughput of pyro_vae against a hand-written PyTorch reference, in one process.
 
-For each estimator (trace, meanfield, iwae K=5, iwae K=50) it times whole training steps (pick
-the batch from the device-resident data, dynamic binarization, zero_grad, loss, backward, Adam
-step), the library's step first and the reference's next, interleaved over rounds, and reports the
+For each estimator (trace, meanfield, iwae K=5 and K=50, stl K=1 and K=5, dreg K=1 and K=5) it
+times whole training steps (pick the batch from the device-resident data, dynamic binarization,
+zero_grad, loss, backward, Adam step), the library's step and the reference's (``_common.RefVAE``,
+each estimator written by hand in plain PyTorch), interleaved over rounds, and reports the
 paired per-round ratio  images/s (Pyro) / images/s (reference)  as median [q1, q3].
 
-Variants of the library's step show what its fast path (``pyro_vae.training.fast_path``) saves and where
-Pyro's time goes; see RESULTS.md. Then seconds per MNIST epoch: ``pyro_vae.train`` (1 epoch)
-against the reference's epoch loop, interleaved.
+The library's step is ``pyro_vae.training.loss.TrainingLoss`` followed by ``backward()``, what
+``train()`` runs. Variants of it show what the fast path (the VAE's own plain-torch log weights
+between validated Pyro steps) saves and where Pyro's time goes; see RESULTS.md. Then seconds per
+MNIST epoch: ``pyro_vae.train`` against the reference's epoch loop, interleaved.
 
-    python benchmarks/bench_train.py            # full (about 4 min on a 2-core CPU)
+    python benchmarks/bench_train.py            # full (about 8 min on a 2-core CPU)
     python benchmarks/bench_train.py --smoke    # seconds, for CI
     python benchmarks/bench_train.py --device cuda
 """
@@ -23,7 +25,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import pyro
 import torch
@@ -47,87 +48,74 @@ from _common import (  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae import VAE, make_elbo  # noqa: E402
+from pyro_vae.training.loss import TrainingLoss  # noqa: E402
 
 ESTIMATORS = {  # label -> (make_elbo name, K, reference loss)
     "trace": ("trace", 1, lambda ref, x, n: ref.loss_trace(x, n)),
     "meanfield": ("meanfield", 1, lambda ref, x, n: ref.loss_meanfield(x, n)),
     "iwae K=5": ("iwae", 5, lambda ref, x, n: ref.loss_iwae(x, n, 5)),
     "iwae K=50": ("iwae", 50, lambda ref, x, n: ref.loss_iwae(x, n, 50)),
+    "stl K=1": ("stl", 1, lambda ref, x, n: ref.loss_stl(x, n, 1)),
+    "stl K=5": ("stl", 5, lambda ref, x, n: ref.loss_stl(x, n, 5)),
+    # With K = 1, w~ = 1: DReG's gradient is STL's (a check of the overhead of the hook).
+    "dreg K=1": ("dreg", 1, lambda ref, x, n: ref.loss_dreg(x, n, 1)),
+    "dreg K=5": ("dreg", 5, lambda ref, x, n: ref.loss_dreg(x, n, 5)),
 }
 
 
 # -- the library's step, and variants of it -------------------------------------------------------
-def library_step(elbo, vae, **kwargs):
-    """``pyro_vae.train._loss_fn(elbo, vae)``: the step ``train()`` runs, as ``step(x, n)``."""
-    from pyro_vae.training.loop import _loss_fn
+class ProgramVAE(VAE):
+    """The VAE without its own log weights: TrainingLoss then runs the Pyro program on every step
+    (with Pyro's validation on every 50th step only), as for a user's subclass that changes
+    model or guide."""
 
-    loss_fn = _loss_fn(elbo, vae, **kwargs)
+    log_weights = None
+
+
+def library_step(vae, elbo, **kwargs):
+    """``TrainingLoss(vae, elbo, **kwargs)`` and ``backward()``: the step ``train()`` runs (one
+    process), as ``step(x, n)``; ``step.loss`` is the TrainingLoss."""
+    loss = TrainingLoss(vae, elbo, **kwargs)
 
     def step(x, num_data):
-        return loss_fn(vae.model, vae.guide, x, num_data)
+        value = loss(x, num_data)
+        value.backward()
+        return value.detach()
 
-    step.uses_direct = loss_fn.uses_direct
+    step.loss = loss
     return step
-
-
-def without_direct(step):
-    """``step`` with pyro_vae.training.fast_path's loss refused at its first-call probe: every step then runs
-    the Pyro program (the library before the direct loss, validated every 50th step)."""
-    first = [True]
-
-    def wrapped(x, num_data):
-        if first[0]:
-            first[0] = False
-            with mock.patch("pyro_vae.training.fast_path.direct_loss", return_value=None):
-                return step(x, num_data)
-        return step(x, num_data)
-
-    wrapped.uses_direct = step.uses_direct
-    return wrapped
 
 
 VARIANTS = {
     # name: description; make_variant builds each (None where it does not apply)
-    "stock": "the library as train() runs it: pyro_vae.training.fast_path's loss for trace/meanfield/iwae "
-    "between Pyro-run steps validated every 50th (other estimators: the Pyro program)",
-    "pyro-program": "the Pyro program on every step (Trace_ELBO.differentiable_loss), validated "
-    "every 50th, no pyro.module in between: the library before pyro_vae.training.fast_path",
-    "pyro-validated": "TrainConfig(fast_path=False): the Pyro program, validated, on every step",
-    "jit": "make_elbo(..., jit=True): Pyro's JitTrace(MeanField)_ELBO (trace, meanfield only)",
-    "compile": "torch.compile(elbo.differentiable_loss), validation off (trace only; opt-in: "
-    "about 30 s of compilation)",
+    "stock": "the library as train() runs it: TrainingLoss(vae, elbo), i.e. the Pyro program, "
+    "validated, on every 50th step and the VAE's own plain-torch log weights in between",
+    "pyro-program": "the Pyro program (elbo.differentiable_loss) on every step, validated every "
+    "50th: a VAE subclass with log_weights = None",
+    "pyro-validated": "TrainingLoss(..., fast_path=False), i.e. TrainConfig(fast_path=False): "
+    "the Pyro program, validated, on every step",
+    "jit": "make_elbo(..., jit=True): Pyro's JitTrace(MeanField)_ELBO, the program on every step "
+    "(trace, meanfield only; opt-in: 4x slower on CPU)",
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v != "compile"]
+DEFAULT_VARIANTS = ["stock", "pyro-program", "pyro-validated"]
 
 
-def make_variant(variant: str, est: str, k: int, vae):
-    if variant == "compile":
-        if est != "trace":
-            return None
-        elbo = make_elbo(est, k)
-        compiled = torch.compile(
-            lambda x, n: elbo.differentiable_loss(vae.model, vae.guide, x, num_data=n)
-        )
-
-        def compiled_step(x, num_data):
-            with pyro.validation_enabled(False):
-                loss = compiled(x, num_data)
-                loss.backward()
-            return loss.detach()
-
-        return compiled_step
+def make_variant(variant: str, est: str, k: int, cfg: dict, template, device):
+    """``(vae, step)`` for one variant, or None where it does not apply."""
     if variant == "jit":
         if est not in ("trace", "meanfield"):
             return None
-        return library_step(make_elbo(est, k, jit=True), vae)
-    if variant == "pyro-validated":
-        return library_step(make_elbo(est, k), vae, fast_path=False)
-    step = library_step(make_elbo(est, k), vae)
+        vae = new_vae(cfg, template, device)
+        return vae, library_step(vae, make_elbo(est, k, jit=True))
     if variant == "pyro-program":
-        if est not in ("trace", "meanfield", "iwae"):
-            return None  # no direct loss to refuse: the same as stock
-        return without_direct(step)
-    return step
+        vae = new_vae(cfg, template, device, ProgramVAE)
+        return vae, library_step(vae, make_elbo(est, k))
+    vae = new_vae(cfg, template, device)
+    if variant == "pyro-validated":
+        return vae, library_step(vae, make_elbo(est, k), fast_path=False)
+    if variant == "stock":
+        return vae, library_step(vae, make_elbo(est, k))
+    raise ValueError(f"unknown variant {variant!r}")
 
 
 # -- harness -------------------------------------------------------------------------------------
@@ -155,8 +143,8 @@ class Trainer:
         return loss
 
 
-def new_vae(cfg, template, device):
-    vae = VAE(**cfg).to(device)
+def new_vae(cfg, template, device, cls=VAE):
+    vae = cls(**cfg).to(device)
     vae.load_state_dict(template.state_dict())
     return vae
 
@@ -172,16 +160,16 @@ def ref_step_fn(ref, loss):
 
 @torch.no_grad()
 def loss_check(template, est, k, ref_loss, x, n, reps):
-    """Mean loss at the initial weights over ``reps`` draws, library / reference (about 1)."""
-    a = torch.stack(
-        [
-            make_elbo(est, k).differentiable_loss(template.model, template.guide, x, num_data=n)
-            for _ in range(reps)
-        ]
-    ).mean()
-    ref = RefVAE.from_pyro(template)
-    b = torch.stack([ref_loss(ref, x, n) for _ in range(reps)]).mean()
-    return float(a / b)
+    """Mean loss at the initial weights over ``reps`` seeds, library (the Pyro program) /
+    reference. Both draw the same noise for the same seed, so this is 1 up to rounding."""
+    elbo, ref = make_elbo(est, k), RefVAE.from_pyro(template)
+    a, b = [], []
+    for seed in range(reps):
+        torch.manual_seed(seed)
+        a.append(elbo.differentiable_loss(template.model, template.guide, x, num_data=n))
+        torch.manual_seed(seed)
+        b.append(ref_loss(ref, x, n))
+    return float(torch.stack(a).mean() / torch.stack(b).mean())
 
 
 def bench_steps(args, device, x_train, cfg, template):
@@ -197,11 +185,12 @@ def bench_steps(args, device, x_train, cfg, template):
                 args.batch_size,
             )
         }
+        steps = {}
         for variant in args.variants:
-            vae = new_vae(cfg, template, device)
-            step = make_variant(variant, est, k, vae)
-            if step is not None:
-                cands[variant] = Trainer(vae.parameters(), step, x_train, args.batch_size)
+            made = make_variant(variant, est, k, cfg, template, device)
+            if made is not None:
+                vae, steps[variant] = made
+                cands[variant] = Trainer(vae.parameters(), steps[variant], x_train, args.batch_size)
         for c in cands.values():  # warm-up (JIT compiles here)
             for _ in range(args.warmup):
                 c()
@@ -211,11 +200,17 @@ def bench_steps(args, device, x_train, cfg, template):
             template, est, k, ref_loss, torch.bernoulli(x_train[: args.batch_size]), len(x_train), 4
         )
         ref_t = times["reference"]
+        # stock must have run the VAE's own log weights between validated steps all along (a
+        # mismatch on a validated step would have switched it to the Pyro program, with a warning)
+        own = {name: s.loss.uses_model_log_weights for name, s in steps.items()}
+        if "stock" in own and not own["stock"]:
+            print(f"  WARNING: {label}: stock fell back to the Pyro program", file=sys.stderr)
         raw[label] = {
             "K": k,
             "seconds_per_step": times,
             "steps_per_block": reps,
             "loss_ratio_at_init": check,
+            "uses_model_log_weights": own,
         }
         q1, med, q3 = quartiles([args.batch_size / t for t in ref_t])
         rows.append([label, "reference", fmt_num(med), "1", f"{check:.4f}"])
@@ -333,10 +328,9 @@ def bench_overhead(args, device):
     loss = ESTIMATORS["trace"][2]
     cands = {"reference": Trainer(ref.parameters(), ref_step_fn(ref, loss), x_train, 8)}
     for variant in args.variants:
-        vae = new_vae(cfg, template, device)
-        step = make_variant(variant, "trace", 1, vae)
-        if step is not None:
-            cands[variant] = Trainer(vae.parameters(), step, x_train, 8)
+        made = make_variant(variant, "trace", 1, cfg, template, device)
+        if made is not None:
+            cands[variant] = Trainer(made[0].parameters(), made[1], x_train, 8)
     for c in cands.values():
         for _ in range(10):
             c()
@@ -366,7 +360,7 @@ def main(argv=None):
         nargs="+",
         default=None,
         choices=list(VARIANTS),
-        help="default: all but compile (smoke: stock)",
+        help=f"default: {' '.join(DEFAULT_VARIANTS)} (smoke: stock)",
     )
     p.add_argument("--epoch-rounds", type=int, default=None, help="0 skips the epoch benchmark")
     p.add_argument(
@@ -388,7 +382,7 @@ def main(argv=None):
     setup_clock(args, device)
     smoke = args.smoke
     args.batch_size = 32 if smoke else 128
-    args.rounds = args.rounds or (2 if smoke else 9)
+    args.rounds = args.rounds or (2 if smoke else 15)
     args.block_s = args.block_s or (0.02 if smoke else 0.4)
     args.warmup = 1 if smoke else 3
     args.max_k = 50
@@ -436,6 +430,7 @@ def main(argv=None):
         for name, ratios in r.get("ratios", {}).items():
             assert ratios and all(math.isfinite(v) and v > 0 for v in ratios), (label, name)
         assert "stock" not in args.variants or "stock" in r["ratios"], label
+        assert r["uses_model_log_weights"].get("stock", True), label
     return raw
 
 
