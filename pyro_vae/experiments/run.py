@@ -236,15 +236,11 @@ def run_experiment(
     with the same arguments (see :mod:`pyro_vae.training.distributed`); they train one model
     together (``train_config.batch_size`` per process) and shard the test evaluation; only rank 0
     logs and writes ``out_dir``. Every rank returns the same results (rank 0's also list the
-    figures).
-
-    ``out_dir`` is checked before any data is loaded (see :func:`check_out_dir`): a directory
-    holding a run needs ``resume`` (continue it; ``override`` names the training settings that
-    may change) or ``overwrite`` (start again in it).
+    figures). ``out_dir`` is checked first (:func:`check_out_dir`): one holding a run needs
+    ``resume`` (``override``: the settings that may change) or ``overwrite``.
     """
     ctx = get_context() if distributed else None
     main = ctx is None or ctx.is_main
-    world = 1 if ctx is None else ctx.world_size
     log = log if main else _silent
     device = _run_device(train_config, ctx)
     out = Path(out_dir)
@@ -280,14 +276,9 @@ def run_experiment(
         "data_kind": kind,
         **_metrics(final),
         **_timing(result.history),
-        "device": device_name(device),
-        "num_parameters": n_params,
-        "world_size": world,
+        **_setup(model_config, train_config, device, n_params, ctx),
         "train_size": len(train_x),
         "test_size": len(test_x),
-        "model": model_config.to_dict(),
-        "train": train_config.to_dict(),
-        "torch": torch.__version__,
     }
     if not main:
         return results
@@ -297,6 +288,17 @@ def run_experiment(
     atomic_write_json(out / RESULTS_NAME, results)
     log(summary(results, out))
     return results
+
+
+def _setup(model_config, train_config, device, n_params: int, ctx) -> dict[str, Any]:
+    return {
+        "device": device_name(device),
+        "num_parameters": n_params,
+        "world_size": 1 if ctx is None else ctx.world_size,
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
+        "torch": torch.__version__,
+    }
 
 
 def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
