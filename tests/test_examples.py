@@ -356,3 +356,23 @@ def test_debug_shows_the_error_itself(example, fake_data, tmp_path):
     f.write_text("x")
     with pytest.raises(FileExistsError, match="is a file, not a folder"):
         example.main([*SMALL, "--out", str(f), "--debug"])
+
+
+def test_an_unwritable_out_is_refused_before_any_work(
+    example, fake_data, tmp_path, capsys, monkeypatch
+):
+    real = Path.write_bytes
+
+    def denied(self, data):
+        if self.name.endswith(".probe.tmp"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", denied)
+    _fails(
+        example,
+        capsys,
+        [*SMALL, "--out", str(tmp_path / "run")],
+        r"cannot be written \(Permission denied\)",
+    )
+    assert "name" not in fake_data
