@@ -7,7 +7,6 @@ import ast
 from pathlib import Path
 
 import pyro_vae.data
-from pyro_vae.data import sources
 
 PUBLIC = {
     "check_data",
@@ -32,10 +31,6 @@ def test_public_names() -> None:
     assert len(pyro_vae.data.__all__) == len(PUBLIC)
     for name in PUBLIC:
         assert getattr(pyro_vae.data, name) is not None
-    # The old path re-exports the same objects: pyro_vae.experiments imports from it.
-    assert set(sources.__all__) == PUBLIC - {"check_data"}
-    for name in sources.__all__:
-        assert getattr(sources, name) is getattr(pyro_vae.data, name)
 
 
 def _imports(path: Path) -> set[str]:
