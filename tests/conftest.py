@@ -1,5 +1,7 @@
 """Shared fixtures: Pyro validation on, a clean param store and a fixed seed for every test."""
 
+import importlib.util
+
 import pyro
 import pytest
 import torch
@@ -17,3 +19,11 @@ def _pyro_state():
 requires_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU visible to torch (CI has none)"
 )
+
+
+def load_script(path, name: str):
+    """Import the example script at ``path`` as a module named ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

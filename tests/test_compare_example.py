@@ -1,10 +1,10 @@
 """examples/compare_estimators.py: flags reach compare_estimators; bad ones exit clearly."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from test_compare_runner import tiny_data
 
 from pyro_vae.experiments.compare import COMPARISON_FILES
@@ -14,10 +14,7 @@ SCRIPT = ROOT / "examples" / "compare_estimators.py"
 
 
 def _load_example():
-    spec = importlib.util.spec_from_file_location("compare_estimators_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "compare_estimators_example")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """examples/mnist_svi.py end to end on a small budget; every flag; bad arguments."""
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import requires_cuda
+from conftest import load_script, requires_cuda
 
 import pyro_vae as pv
 
@@ -31,10 +30,7 @@ SMALL = [
 
 
 def _load_example():
-    spec = importlib.util.spec_from_file_location("mnist_svi", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "mnist_svi")
 
 
 @pytest.fixture(scope="module")
