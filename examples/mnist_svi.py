@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="test log-likelihood every N epochs and at the end (0: only at the end)",
     )
     p.add_argument("--seed", type=cli.non_negative_int, default=0, help="random seed")
+    cli.add_kl_weight_arguments(p)
     cli.add_resume_arguments(p)
     p.add_argument("--jit", action="store_true", help="use Pyro's JIT-compiled ELBO")
     p.add_argument(
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         num_flows=args.num_flows,
     )
     train_kw = dict(
+        **cli.kl_weight_kwargs(args),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,

@@ -30,6 +30,8 @@ from .model.config import ModelConfig
 from .model.guides import GUIDES, Guide, make_guide
 from .model.likelihoods import LIKELIHOODS, Likelihood, make_likelihood
 from .model.priors import PRIORS, Prior, make_prior
+from .model.build import build_model
+from .model.two_layer import TwoLayerVAE
 from .model.vae import VAE
 from .training.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .training.config import TrainConfig, load_config, save_config
@@ -56,6 +58,8 @@ def __getattr__(name: str):
 __all__ = [
     # the model and its components
     "VAE",
+    "TwoLayerVAE",
+    "build_model",
     "ModelConfig",
     "Prior",
     "Likelihood",

@@ -76,7 +76,32 @@ def test_architecture_kwargs_are_the_architecture_flags():
     p = new_parser(None)
     add_architecture_arguments(p)
     args = p.parse_args(["--hidden-dims", "32,16", "--z-dim", "2"])
-    assert architecture_kwargs(args) == dict(z_dim=2, hidden_dims=(32, 16), activation="relu")
+    assert architecture_kwargs(args) == dict(
+        z_dim=2,
+        hidden_dims=(32, 16),
+        activation="relu",
+        encoder="mlp",
+        decoder="mlp",
+        latent_layers=1,
+    )
+
+
+def test_two_latent_layers_default_to_burdas_architecture_unless_flags_say_otherwise():
+    p = argparse.ArgumentParser()
+    add_architecture_arguments(p)
+    kw = architecture_kwargs(p.parse_args(["--latent-layers", "2", "--net", "conv"]))
+    assert kw == dict(
+        z_dim=100,
+        hidden_dims=(200, 200),
+        activation="tanh",
+        encoder="conv",
+        decoder="conv",
+        latent_layers=2,
+        z2_dim=50,
+        hidden2_dims=(100, 100),
+    )
+    kw = architecture_kwargs(p.parse_args(["--latent-layers", "2", "--z-dim", "8"]))
+    assert kw["z_dim"] == 8 and kw["activation"] == "tanh"
 
 
 def test_errors_exit_with_status_2_and_one_line(capsys):

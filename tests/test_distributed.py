@@ -185,7 +185,10 @@ def test_two_processes_match_one_process_with_twice_the_batch(two_ranks):
         assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-5), key
     assert a["active_units"] == b["active_units"]
     for key, value in res.evaluation.items():  # the sharded evaluation equals the whole one
-        assert r0["evaluation"][key] == pytest.approx(value, rel=1e-5, abs=1e-4), key
+        if isinstance(value, float):
+            assert r0["evaluation"][key] == pytest.approx(value, rel=1e-5, abs=1e-4), key
+        else:  # site names, unit counts
+            assert r0["evaluation"][key] == value, key
 
 
 def test_only_rank_0_writes_files(two_ranks):

@@ -109,9 +109,16 @@ def test_under_a_users_handler_the_program_runs():
 class _ContextSensitiveLikelihood(pv.likelihoods.BernoulliLikelihood):
     """Pathological: other logits outside Pyro's interpreter. Only the value check sees it."""
 
-    def forward(self, params):
+    def log_prob(self, params, x):
         wrapped = poutine.runtime.am_i_wrapped()
-        return super().forward(params if wrapped else params + 1.0)
+        return super().log_prob(params if wrapped else params + 1.0, x)
+
+
+class _ForwardOnlyLikelihood(pv.likelihoods.BernoulliLikelihood):
+    """Changes ``forward`` (tempered logits) but inherits Bernoulli's closed-form ``log_prob``."""
+
+    def forward(self, params):
+        return super().forward(2.0 * params)
 
 
 class _HierarchicalPrior(pv.priors.Prior):
@@ -136,10 +143,16 @@ class _OwnProgram(pv.VAE):
     "vae",
     [
         lambda: _vae(likelihood=_ContextSensitiveLikelihood(6)),
+        lambda: _vae(likelihood=_ForwardOnlyLikelihood(6)),
         lambda: _vae(prior=_HierarchicalPrior(3)),
         lambda: _OwnProgram(6, 3, (8,)),
     ],
-    ids=["context-sensitive likelihood", "prior with a site", "subclassed program"],
+    ids=[
+        "context-sensitive likelihood",
+        "likelihood forward only",
+        "prior with a site",
+        "subclassed program",
+    ],
 )
 def test_own_log_weights_that_disagree_with_the_program_are_dropped_with_a_warning(vae):
     vae, x = vae(), _x()

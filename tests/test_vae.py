@@ -236,8 +236,10 @@ def test_own_meanfield_uses_the_analytic_kl():
 
 def test_own_log_weights_refuse_a_guide_without_rsample():
     class NoRsample(pv.guides.NormalGuide):
+        loc_scale = None  # q is no longer the Normal of loc_scale: the documented opt-out
+
         def forward(self, x):
-            return pv.estimators._NoRsample(super().forward(x))
+            return pv.estimators._NoRsample(self.gaussian(x))
 
     vae = pv.VAE(6, 3, (8,), guide=NoRsample(6, 3, (8,), "relu"))
     with pytest.raises(ValueError, match="reparameterized q\\(z \\| x_n\\) per datapoint"):
@@ -303,8 +305,8 @@ def test_the_construction_check_keeps_dtype_device_and_batch_norm_state():
             super().__init__(6, 3, (8,), "relu")
             self.norm = torch.nn.BatchNorm1d(6)
 
-        def forward(self, x):
-            return super().forward(self.norm(x))
+        def loc_scale(self, x):
+            return super().loc_scale(self.norm(x))
 
     guide = BatchNormGuide().double()
     vae = pv.VAE(6, 3, (8,), guide=guide)  # the decoder is float32 here: checked as built

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..data import DATASETS
-from ..model.networks import ACTIVATIONS
+from ..model.networks import ACTIVATIONS, NETS
 from ..training.config import TrainConfig
 from ..training.distributed import (
     DEFAULT_TIMEOUT,
@@ -27,6 +27,8 @@ __all__ = [
     "new_parser",
     "add_architecture_arguments",
     "architecture_kwargs",
+    "add_kl_weight_arguments",
+    "kl_weight_kwargs",
     "add_data_arguments",
     "add_optimiser_arguments",
     "add_preset_argument",
@@ -57,11 +59,19 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` that must be >= 0."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    return parse
+
+
+non_negative_int = non_negative(int)
 
 
 def int_list(flag: str, minimum: int | None = None, example: str = "1,5,10"):
@@ -94,23 +104,96 @@ def new_parser(doc: str | None) -> argparse.ArgumentParser:
     )
 
 
+#: the architecture defaults by number of stochastic layers: (z_dim, hidden_dims, activation);
+#: two layers default to Burda et al. (2015): x-200-200-z1(100)-100-100-z2(50), tanh
+ARCHITECTURE_DEFAULTS = {1: (20, (400,), "relu"), 2: (100, (200, 200), "tanh")}
+
+
 def add_architecture_arguments(p: argparse.ArgumentParser) -> None:
-    """``--z-dim``, ``--hidden-dims``, ``--activation``."""
-    p.add_argument("--z-dim", type=positive(int), default=20, help="latent dimension")
+    """``--z-dim``, ``--hidden-dims``, ``--activation``, ``--net``, ``--latent-layers``,
+    ``--z2-dim``, ``--hidden2-dims``."""
+    p.add_argument(
+        "--z-dim",
+        type=positive(int),
+        default=None,
+        help="latent dimension (z1's with two layers); default 20, or 100 with two layers",
+    )
     p.add_argument(
         "--hidden-dims",
         type=int_list("--hidden-dims", 1, example="200,200"),
-        default="400",
-        help="encoder hidden sizes, e.g. '200,200' (the decoder mirrors them)",
+        default=None,
+        help="encoder hidden sizes, e.g. '200,200' (the decoder mirrors them; the conv nets' "
+        "dense layer is the last); default 400, or 200,200 with two layers",
     )
     p.add_argument(
-        "--activation", choices=sorted(ACTIVATIONS), default="relu", help="hidden-layer activation"
+        "--activation",
+        choices=sorted(ACTIVATIONS),
+        default=None,
+        help="hidden-layer activation; default relu, or tanh with two layers",
+    )
+    p.add_argument(
+        "--net", choices=NETS, default="mlp", help="encoder and decoder networks (conv: images)"
+    )
+    p.add_argument(
+        "--latent-layers",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="stochastic layers: 2 is Burda et al.'s x -> z1 -> z2 hierarchy (TwoLayerVAE)",
+    )
+    p.add_argument("--z2-dim", type=positive(int), default=50, help="top latent size (2 layers)")
+    p.add_argument(
+        "--hidden2-dims",
+        type=int_list("--hidden2-dims", 1, example="100,100"),
+        default=(100, 100),
+        help="hidden sizes of q(z2 | z1) and p(z1 | z2) (2 layers)",
     )
 
 
 def architecture_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`~pyro_vae.ModelConfig` fields of :func:`add_architecture_arguments`' flags."""
-    return dict(z_dim=args.z_dim, hidden_dims=args.hidden_dims, activation=args.activation)
+    z_dim, hidden, activation = ARCHITECTURE_DEFAULTS[args.latent_layers]
+    kw: dict[str, Any] = dict(
+        z_dim=args.z_dim or z_dim,
+        hidden_dims=args.hidden_dims or hidden,
+        activation=args.activation or activation,
+        encoder=args.net,
+        decoder=args.net,
+        latent_layers=args.latent_layers,
+    )
+    if args.latent_layers == 2:
+        kw.update(z2_dim=args.z2_dim, hidden2_dims=args.hidden2_dims)
+    return kw
+
+
+def add_kl_weight_arguments(p: argparse.ArgumentParser) -> None:
+    """``--beta``, ``--kl-warmup``, ``--free-bits``: the training objective's KL weighting."""
+    p.add_argument(
+        "--beta",
+        type=non_negative(float),
+        default=1.0,
+        help="KL weight of the training objective (beta-VAE); reported bounds stay beta = 1's",
+    )
+    p.add_argument(
+        "--kl-warmup",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="raise the KL weight linearly from 0 to --beta over N epochs (0: none)",
+    )
+    p.add_argument(
+        "--free-bits",
+        type=non_negative(float),
+        default=0.0,
+        metavar="NATS",
+        help="free bits per latent site: batch-mean KL below NATS is not penalized (trace, "
+        "meanfield)",
+    )
+
+
+def kl_weight_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~pyro_vae.TrainConfig` fields of :func:`add_kl_weight_arguments`' flags."""
+    return dict(beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits)
 
 
 def add_data_arguments(

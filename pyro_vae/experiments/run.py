@@ -16,6 +16,7 @@ from .._device import resolve_device
 from .._io import atomic_write_json
 from ..data import ImageData, binarize_static, load_dataset
 from ..infer.evaluate import evaluate
+from ..model.build import build_model
 from ..model.config import ModelConfig
 from ..model.vae import VAE
 from ..training.checkpoint import CHECKPOINT_NAME
@@ -34,7 +35,15 @@ if TYPE_CHECKING:
     from ..training.distributed import DistributedContext
     from ..training.loop import TrainResult
 
-__all__ = ["PRESETS", "RESULTS_NAME", "run_experiment", "prepare_data", "epoch_line", "device_name"]
+__all__ = [
+    "PRESETS",
+    "RESULTS_NAME",
+    "run_experiment",
+    "prepare_data",
+    "for_images",
+    "epoch_line",
+    "device_name",
+]
 
 RESULTS_NAME = "results.json"
 
@@ -55,6 +64,14 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         },
     ),
 }
+
+
+def for_images(model_config: ModelConfig, data: ImageData) -> ModelConfig:
+    """``model_config`` with the data's ``image_shape`` filled in where a conv net needs it."""
+    conv = "conv" in (model_config.encoder, model_config.decoder)
+    if conv and not model_config.image_shape:
+        return replace(model_config, image_shape=(1, *data.image_shape))
+    return model_config
 
 
 def prepare_data(
@@ -167,7 +184,11 @@ def _metrics(final: dict[str, Any]) -> dict[str, Any]:
         "eval_samples": final["num_samples"],
         "ess": final["ess"],
         "kl": final["kl"],
+        "kl_closed_form": final["kl_closed_form"],
+        "kl_monte_carlo": final["kl_monte_carlo"],
         "active_units": final["active_units"],
+        "active_units_per_site": final["active_units_per_site"],
+        "latent_dims": final["latent_dims"],
     }
 
 
@@ -254,8 +275,9 @@ def run_experiment(
     )
     test_x = data.test_x
     train_config = replace(train_config, binarize=binarize)
+    model_config = for_images(model_config, data)
     torch.manual_seed(train_config.seed)  # the initial weights depend on the seed alone
-    vae = VAE.from_config(model_config)
+    vae = build_model(model_config)
     n_params = sum(p.numel() for p in vae.parameters())
     log(_model_line(n_params, len(train_x), len(test_x), device, ctx, train_config.batch_size))
     result = train(
@@ -344,6 +366,14 @@ def epoch_line(r: dict, prefix: str = "") -> str:
     return " | ".join(parts)
 
 
+def _units(results: dict) -> str:
+    """``"20/20"``, or ``"z1 37/100, z2 9/50"`` for several latent sites."""
+    active, dims = results["active_units_per_site"], results["latent_dims"]
+    if len(dims) == 1:
+        return f"{results['active_units']}/{sum(dims.values())}"
+    return ", ".join(f"{k} {active[k]}/{dims[k]}" for k in dims)
+
+
 def summary(results: dict, out: Path) -> str:
     se = results["test_log_likelihood_stderr"]
     world = results.get("world_size", 1)
@@ -355,8 +385,7 @@ def summary(results: dict, out: Path) -> str:
         f"test log-likelihood  {results['test_log_likelihood']:.2f} +/- {1.96 * se:.2f} nats "
         f"(K={results['eval_samples']} importance samples, 95% CI over images)",
         f"test ELBO            {results['test_elbo']:.2f} nats",
-        f"KL(q(z|x) || p(z))   {results['kl']:.2f} nats, active units "
-        f"{results['active_units']}/{results['model']['z_dim']}",
+        f"KL(q(z|x) || p(z))   {results['kl']:.2f} nats, active units {_units(results)}",
         f"written to           {out}/ ({RESULTS_NAME}, metrics.jsonl, checkpoint.pt"
         f"{', figures' if results.get('figures') else ''})",
     ]

@@ -12,6 +12,7 @@ import torch
 from pyro.infer.util import is_validation_enabled
 
 from .._device import fork_rng
+from ..data.checks import check_data as check_data_shape
 from .log_weights import latent_sites, log_weights
 
 __all__ = [
@@ -20,6 +21,10 @@ __all__ = [
     "evaluate",
     "kl_to_prior",
     "active_units",
+    "per_datapoint",
+    "PerDatapoint",
+    "summarize",
+    "check_model_data",
 ]
 
 #: elements of one ``[K_chunk, B, D]`` tensor, bounding memory whatever K and N are
@@ -135,54 +140,153 @@ def log_likelihood(
     return out["log_likelihood"]
 
 
+def check_model_data(module, data: torch.Tensor, what: str = "data") -> None:
+    """The model object's own ``check_data`` where it has one, else shape and finiteness."""
+    own = getattr(module, "check_data", None)
+    if callable(own):
+        own(data, what)
+    else:
+        check_data_shape(data, None, what)
+
+
+def _last_latent(guide_trace) -> set[str]:
+    # A site's closed-form KL(q || p) is E_q[log q - log p] only if everything its q and p
+    # condition on is drawn before it in the guide: true of the guide's last latent site.
+    # (Earlier sites' priors may depend on later draws, e.g. p(z1 | z2) with z2 ~ q(z2 | z1).)
+    sites = latent_sites(guide_trace)
+    return {sites[-1]["name"]} if sites else set()
+
+
+def _site_means(guide_trace) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per latent site ``(mean [B, d], noise [B, d])``: E_q[z | x] estimated by averaging the
+    site's conditional mean over the K draws (its draws where it has no mean, e.g. a flow),
+    and the variance of that average (0 for a site whose mean is exact)."""
+    out = {}
+    for site in latent_sites(guide_trace):
+        v = site["value"]
+        try:
+            m = site["fn"].mean.expand(v.shape)
+        except NotImplementedError:
+            m = v
+        k, b = m.shape[0], m.shape[1]
+        m = m.reshape(k, b, -1)
+        noise = m.var(0) / k if k > 1 else torch.zeros_like(m[0])
+        out[site["name"]] = (m.mean(0), noise)
+    return out
+
+
+class PerDatapoint(NamedTuple):
+    """Per-datapoint evaluation of ``N`` datapoints: ``stats`` (:class:`LogLikelihood`),
+    ``kl [N]``, ``means``/``noise`` ``{site: [N, d]}`` (posterior means and the variance of
+    their estimates), and which sites' KL is in closed form or Monte Carlo."""
+
+    stats: LogLikelihood
+    kl: torch.Tensor
+    means: dict[str, torch.Tensor]
+    noise: dict[str, torch.Tensor]
+    kl_closed_form: tuple[str, ...]
+    kl_monte_carlo: tuple[str, ...]
+
+
+def _kl_and_means(module, x: torch.Tensor, num_samples: int):
+    lw = log_weights(module.model, module.guide, x, num_samples=1, analytic_kl=True)
+    guide_trace = lw.traces[1]
+    names = [s["name"] for s in latent_sites(guide_trace)]
+    closed = set(lw.analytic) & _last_latent(guide_trace)
+    if closed != set(names):  # some sites need Monte Carlo
+        lw = log_weights(module.model, module.guide, x, num_samples=num_samples, analytic_kl=closed)
+    kl = lw.kl if lw.kl is not None else torch.zeros_like(lw.log_q)
+    kl = (kl + lw.log_q - (lw.log_p - lw.log_lik)).mean(0)
+    return kl, _site_means(lw.traces[1]), names, closed
+
+
 @torch.no_grad()
 def kl_to_prior(
     vae, data: torch.Tensor, num_samples: int = 100, *, max_elements: int = DEFAULT_MAX_ELEMENTS
 ) -> torch.Tensor:
-    """KL(q(z | x_n) || p(z)) per datapoint ``[N]``, summed over every latent site of the model's
-    own program (its own prior, e.g. p(z1 | z2) in a hierarchy): the closed form where Pyro
-    registers one, a Monte Carlo estimate E_q[log q - log p] with ``num_samples`` draws for the
-    other sites. Computed from :func:`~pyro_vae.log_weights` in batches of bounded size."""
+    """E_q[log q(z | x_n) - log p(z)] per datapoint ``[N]``, summed over every latent site of the
+    model's own program under its own prior (e.g. p(z1 | z2) in a hierarchy): the closed form
+    where Pyro registers one and it is exact (the guide's last latent site), a Monte Carlo
+    estimate with ``num_samples`` draws for the other sites. In batches of bounded size."""
+    return per_datapoint(vae, data, 1, kl_samples=num_samples, max_elements=max_elements).kl
+
+
+@torch.no_grad()
+def per_datapoint(
+    module,
+    data: torch.Tensor,
+    num_samples: int = 1000,
+    *,
+    batch_size: int | None = None,
+    kl_samples: int = 100,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> PerDatapoint:
+    """The per-datapoint numbers behind :func:`evaluate` (and its sharded form) for any model
+    object with ``model(x, num_data=None)`` and ``guide(x, num_data=None)``."""
+    stats = log_likelihood(
+        module.model,
+        module.guide,
+        data,
+        num_samples,
+        batch_size,
+        return_stats=True,
+        check_data=False,
+        max_elements=max_elements,
+    )
     n, d = len(data), max(1, data[0].numel())
-    batch = max(1, min(n, max_elements // (d * num_samples)))
-    out = []
+    batch = max(1, min(n, max_elements // (d * kl_samples)))
+    kls, means, noise, names, closed = [], {}, {}, [], set()
     for start, b in _chunks(n, batch):
-        x = data[start : start + b]
-        lw = log_weights(vae.model, vae.guide, x, num_samples=1, analytic_kl=True)
-        if len(lw.analytic) < len(latent_sites(lw.traces[1])):  # some sites need Monte Carlo
-            lw = log_weights(vae.model, vae.guide, x, num_samples=num_samples, analytic_kl=True)
-        kl = lw.kl if lw.kl is not None else torch.zeros_like(lw.log_q)
-        out.append((kl + lw.log_q - (lw.log_p - lw.log_lik)).mean(0))
-    return torch.cat(out)
+        kl, site_means, names, closed = _kl_and_means(module, data[start : start + b], kl_samples)
+        kls.append(kl)
+        for name, (m, v) in site_means.items():
+            means.setdefault(name, []).append(m)
+            noise.setdefault(name, []).append(v)
+    return PerDatapoint(
+        stats,
+        torch.cat(kls),
+        {k: torch.cat(v) for k, v in means.items()},
+        {k: torch.cat(v) for k, v in noise.items()},
+        tuple(n_ for n_ in names if n_ in closed),
+        tuple(n_ for n_ in names if n_ not in closed),
+    )
 
 
 ACTIVE_UNIT_THRESHOLD = 1e-2
 
 
-def _count_active(posterior_means: torch.Tensor, threshold: float) -> int:
-    return int((posterior_means.var(0) > threshold).sum())
+def _active(means: torch.Tensor, noise: torch.Tensor, threshold: float) -> int:
+    # Cov_x(E_q[z_u | x]), less the variance that the Monte Carlo estimate of each mean adds.
+    return int((means.var(0) - noise.mean(0) > threshold).sum())
 
 
 @torch.no_grad()
-def active_units(vae, data: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
-    """Number of latent dimensions u with Cov_x(E_q[z_u | x]) > threshold (Burda et al. 2015)."""
-    return _count_active(vae.posterior_mean(data), threshold)
+def active_units(
+    vae, data: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD
+) -> dict[str, int]:
+    """Active units per latent site: dimensions u with Cov_x(E_q[z_u | x]) > threshold (Burda
+    et al. 2015), E_q estimated as in :func:`per_datapoint`."""
+    r = per_datapoint(vae, data, 1)
+    return {k: _active(r.means[k], r.noise[k], threshold) for k in r.means}
 
 
-def summarize(
-    stats: LogLikelihood, kl: torch.Tensor, posterior_means: torch.Tensor, num_samples: int
-) -> dict[str, float]:
-    """The dict :func:`evaluate` returns, from per-datapoint ``[N]`` results and ``[N, z_dim]``
-    posterior means (shared with the sharded evaluation in :mod:`pyro_vae.training.distributed`)."""
-    ll, n = stats.log_likelihood, len(stats.log_likelihood)
+def summarize(r: PerDatapoint, num_samples: int) -> dict:
+    """The dict :func:`evaluate` returns, from :func:`per_datapoint`'s results (shared with the
+    sharded evaluation in :mod:`pyro_vae.training.distributed`)."""
+    ll, n = r.stats.log_likelihood, len(r.stats.log_likelihood)
+    per_site = {k: _active(r.means[k], r.noise[k], ACTIVE_UNIT_THRESHOLD) for k in r.means}
     return {
         "log_likelihood": float(ll.mean()),
         "log_likelihood_stderr": float(ll.std() / math.sqrt(n)) if n > 1 else 0.0,
-        "log_likelihood_mc_stderr": float(stats.stderr.mean()),
-        "ess": float(stats.ess.mean()),
-        "elbo": float(stats.elbo.mean()),
-        "kl": float(kl.mean()),
-        "active_units": _count_active(posterior_means, ACTIVE_UNIT_THRESHOLD),
+        "log_likelihood_mc_stderr": float(r.stats.stderr.mean()),
+        "ess": float(r.stats.ess.mean()),
+        "elbo": float(r.stats.elbo.mean()),
+        "kl": float(r.kl.mean()),
+        "kl_closed_form": list(r.kl_closed_form),
+        "kl_monte_carlo": list(r.kl_monte_carlo),
+        "active_units": sum(per_site.values()),
+        "active_units_per_site": per_site,
+        "latent_dims": {k: int(m.shape[1]) for k, m in r.means.items()},
         "num_samples": int(num_samples),
     }
 
@@ -195,17 +299,17 @@ def evaluate(
     *,
     batch_size: int | None = None,
     seed: int | None = 0,
-) -> dict[str, float]:
-    """Mean per-datapoint metrics on ``data [N, x_dim]`` in nats: ``log_likelihood`` (K-sample),
-    its standard error over datapoints and the mean Monte Carlo error, ``elbo``, ``kl``,
-    ``active_units``. With ``seed`` the draws are reproducible and leave the global RNG as it was.
+) -> dict:
+    """Mean per-datapoint metrics on ``data [N, ...]`` in nats, for any model object with
+    ``model``/``guide``: ``log_likelihood`` (K-sample), its standard error over datapoints and the
+    mean Monte Carlo error, ``elbo``, ``kl`` (all latent sites, under the model's own prior;
+    ``kl_closed_form``/``kl_monte_carlo`` name the sites computed each way), ``active_units``
+    (in all, and ``active_units_per_site``). The model's ``check_data`` runs where it has one.
+    With ``seed`` the draws are reproducible and leave the global RNG as it was.
     """
-    vae.check_data(data, "evaluation data")
+    check_model_data(vae, data, "evaluation data")
     with fork_rng(data.device, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        stats = log_likelihood(
-            vae.model, vae.guide, data, num_samples, batch_size, return_stats=True, check_data=False
-        )
-        kl = kl_to_prior(vae, data)
-    return summarize(stats, kl, vae.posterior_mean(data), num_samples)
+        r = per_datapoint(vae, data, num_samples, batch_size=batch_size)
+    return summarize(r, num_samples)

@@ -19,6 +19,8 @@ between validated steps and checks it against this function (see ``pyro_vae.trai
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -143,7 +145,7 @@ def log_weights(
     num_samples: int = 1,
     max_plate_nesting: int = 1,
     pathwise: bool = False,
-    analytic_kl: bool = False,
+    analytic_kl: bool | Collection[str] = False,
     **kwargs,
 ) -> LogWeights:
     """Draw ``z_k ~ q(z | x)``, k = 1..K, and return the per-datapoint log densities.
@@ -158,7 +160,8 @@ def log_weights(
             and dependent latents included), as the path-derivative estimators (STL, DReG)
             need; ``latents`` keep the draws with their path to the guide's parameters.
         analytic_kl: for each latent site whose KL(q || p) Pyro registers, take it out of
-            ``log_p`` and ``log_q`` and return it in ``kl`` (as ``TraceMeanField_ELBO`` does).
+            ``log_p`` and ``log_q`` and return it in ``kl`` (as ``TraceMeanField_ELBO`` does);
+            a collection of site names limits this to those sites.
     Returns:
         :class:`LogWeights` with ``log_p``, ``log_q`` (and ``kl``) of shape ``[K, B]``
         (``[K, 1]`` for a model without a data plate); gradients flow through reparameterized
@@ -182,22 +185,29 @@ def log_weights(
     scale = _check_per_datapoint(model_trace, guide_trace)
     log_p = log_q = kl = log_lik = None
     analytic: set[str] = set()
+    site_kl: dict[str, torch.Tensor] = {}
     for name, site in guide_trace.nodes.items():
         if not _is_latent(site):
             continue
-        if analytic_kl and name in model_trace.nodes:
-            site_kl = _analytic_kl(site, model_trace.nodes[name])
-            if site_kl is not None:
-                kl = _add(kl, _reduce(site, site_kl, num_dims))
+        wanted = analytic_kl is True or (not isinstance(analytic_kl, bool) and name in analytic_kl)
+        if wanted and name in model_trace.nodes:
+            closed = _analytic_kl(site, model_trace.nodes[name])
+            if closed is not None:
+                site_kl[name] = _reduce(site, closed, num_dims)
+                kl = _add(kl, site_kl[name])
                 analytic.add(name)
                 continue
-        log_q = _add(log_q, _reduce(site, site["fn"].log_prob(site["value"]), num_dims))
+        lq = _reduce(site, site["fn"].log_prob(site["value"]), num_dims)
+        site_kl[name] = lq
+        log_q = _add(log_q, lq)
     for name, site in model_trace.nodes.items():
         if _is_scored(site) and name not in analytic:
             lp = _reduce(site, site["fn"].log_prob(site["value"]), num_dims)
             log_p = _add(log_p, lp)
             if site["is_observed"]:
                 log_lik = _add(log_lik, lp)
+            elif name in site_kl:
+                site_kl[name] = site_kl[name] - lp
     if log_p is None and not analytic:
         raise ValueError("the model has no sample sites")
     present = [v for v in (log_p, log_q, kl) if v is not None]
@@ -214,6 +224,7 @@ def log_weights(
         log_lik=log_lik.expand(shape),
         analytic=tuple(sorted(analytic)),
         leaves=leaves,
+        site_kl={k: v.expand(shape) for k, v in site_kl.items()},
     )
 
 

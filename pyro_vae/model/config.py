@@ -118,8 +118,25 @@ class ModelConfig(JsonConfig):
     num_flows: int = 2
     #: the fixed (``gaussian``) or initial (``learned_gaussian``, ``laplace``) likelihood scale
     likelihood_scale: float = 1.0
+    #: the encoder trunk and the decoder: ``mlp``, ``conv`` or ``custom:<ClassName>``
+    encoder: str = "mlp"
+    decoder: str = "mlp"
+    #: ``(C, H, W)`` of the images the conv nets see (empty: not images)
+    image_shape: tuple[int, ...] = ()
+    #: the conv nets' channels (encoder; the decoder mirrors them)
+    conv_channels: tuple[int, ...] = (32, 64)
+    #: stochastic layers: 1 (:class:`~pyro_vae.VAE`) or 2 (:class:`~pyro_vae.TwoLayerVAE`)
+    latent_layers: int = 1
+    #: the top layer's size and the hidden sizes of q(z2 | z1) (p(z1 | z2) mirrors them)
+    z2_dim: int = 50
+    hidden2_dims: tuple[int, ...] = (100, 100)
 
     def __post_init__(self) -> None:
         self.check_types()
-        if self.x_dim < 1 or self.z_dim < 1:
-            raise ValueError(f"x_dim and z_dim must be >= 1, got {self.x_dim} and {self.z_dim}")
+        if self.x_dim < 1 or self.z_dim < 1 or self.z2_dim < 1:
+            raise ValueError(
+                f"x_dim, z_dim and z2_dim must be >= 1, got {self.x_dim}, {self.z_dim} and "
+                f"{self.z2_dim}"
+            )
+        if self.latent_layers not in (1, 2):
+            raise ValueError(f"latent_layers must be 1 or 2, got {self.latent_layers}")

@@ -1,9 +1,11 @@
 """Amortized guides q(z | x): an encoder network maps each datapoint to its posterior.
 
 A guide is an ``nn.Module`` whose ``forward(x [B, x_dim])`` returns a distribution with batch shape
-``[B]`` and event shape ``[z_dim]``, and whose ``gaussian(x)`` returns its diagonal-Normal stage
-(what the VampPrior mixes). Posterior means (:meth:`pyro_vae.VAE.posterior_mean`) use the full
-q's ``mean`` where it has one and a Monte Carlo mean otherwise (an IAF).
+``[B]`` and event shape ``[z_dim]``; the built-in ones are a head (Normal, or Normal + IAF) on an
+encoder trunk ``x -> features`` (an MLP, a conv net, or any module), and their ``gaussian(x)``
+returns the diagonal-Normal stage (what the VampPrior mixes). Posterior means
+(:meth:`pyro_vae.VAE.posterior_mean`) use the full q's ``mean`` where it has one and a Monte Carlo
+mean otherwise (an IAF).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 from torch.nn.functional import softplus
 
 from .._registry import lookup
-from .networks import MLP
+from .networks import MLP, Trunk
 
 __all__ = ["Guide", "NormalGuide", "IAFGuide", "GUIDES", "make_guide"]
 
@@ -36,14 +38,24 @@ class Guide(nn.Module):
         raise NotImplementedError
 
 
-class NormalGuide(Guide):
-    """q(z | x) = N(mu(x), diag(sigma(x)^2)), the encoder of Kingma & Welling (2014)."""
+class _GaussianEncoder(Guide):
+    """An encoder network ``x -> (loc, scale)`` of a diagonal Normal: a trunk ``x [B, ...] ->
+    features [B, F]`` (an MLP by default, or any module) under a linear head ``F -> 2 z_dim``."""
 
     def __init__(
-        self, x_dim: int, z_dim: int, hidden_dims: Sequence[int] = (400,), activation: str = "relu"
+        self,
+        x_dim: int,
+        z_dim: int,
+        hidden_dims: Sequence[int] = (400,),
+        activation: str = "relu",
+        trunk: nn.Module | None = None,
     ) -> None:
         super().__init__(x_dim, z_dim)
-        self.net = MLP(x_dim, hidden_dims, 2 * z_dim, activation)
+        self.net = (
+            MLP(x_dim, hidden_dims, 2 * z_dim, activation)
+            if trunk is None
+            else Trunk(trunk, x_dim, 2 * z_dim)
+        )
 
     def _loc_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = self.net.out(h).chunk(2, dim=-1)
@@ -51,16 +63,30 @@ class NormalGuide(Guide):
         return loc, softplus(raw) + 1e-5
 
     def gaussian(self, x: torch.Tensor) -> dist.Distribution:
-        loc, scale = self._loc_scale(self.net.features(x))
-        return dist.Normal(loc, scale).to_event(1)
+        """The diagonal-Normal stage ``N(loc(x), scale(x))``: batch ``[B]``, event ``[z_dim]``."""
+        return dist.Normal(*self._loc_scale(self.net.features(x))).to_event(1)
+
+
+class NormalGuide(_GaussianEncoder):
+    """q(z | x) = N(mu(x), diag(sigma(x)^2)), the encoder of Kingma & Welling (2014).
+
+    ``loc_scale(x)`` defines q (``forward`` is built from it): it is what
+    :meth:`pyro_vae.VAE.log_weights` reads, without building a distribution object. A subclass
+    changes ``loc_scale`` (or passes a ``trunk``); one that changes ``forward`` into anything
+    but ``Normal(*loc_scale(x)).to_event(1)`` sets ``loc_scale = None``.
+    """
+
+    def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)``, each ``[B, z_dim]``, for ``x [B, x_dim]``."""
+        return self._loc_scale(self.net.features(x))
 
     def forward(self, x: torch.Tensor) -> dist.Distribution:
-        return self.gaussian(x)
+        return dist.Normal(*self.loc_scale(x)).to_event(1)
 
 
-class IAFGuide(NormalGuide):
+class IAFGuide(_GaussianEncoder):
     """A diagonal Normal pushed through conditional inverse autoregressive flows (Kingma et al.
-    2016). Each flow is conditioned on the encoder's last hidden layer ``h(x)``, so the whole
+    2016). Each flow is conditioned on the encoder's features ``h(x)``, so the whole
     posterior is amortized. Sampling and the log density of a sample are one pass each (IAF).
     """
 
@@ -71,8 +97,9 @@ class IAFGuide(NormalGuide):
         hidden_dims: Sequence[int] = (400,),
         activation: str = "relu",
         num_flows: int = 2,
+        trunk: nn.Module | None = None,
     ) -> None:
-        super().__init__(x_dim, z_dim, hidden_dims, activation)
+        super().__init__(x_dim, z_dim, hidden_dims, activation, trunk)
         if num_flows < 1:
             raise ValueError(f"num_flows must be >= 1, got {num_flows}")
         context = self.net.feature_dim
@@ -83,15 +110,16 @@ class IAFGuide(NormalGuide):
 
     def forward(self, x: torch.Tensor) -> dist.Distribution:
         h = self.net.features(x)
-        loc, scale = self._loc_scale(h)
-        base = dist.Normal(loc, scale).to_event(1)
+        base = dist.Normal(*self._loc_scale(h)).to_event(1)
         return dist.TransformedDistribution(base, [f.condition(h) for f in self.flows])
 
 
 GUIDES = {
-    "normal": lambda x_dim, z_dim, hidden, act, num_flows: NormalGuide(x_dim, z_dim, hidden, act),
-    "iaf": lambda x_dim, z_dim, hidden, act, num_flows: IAFGuide(
-        x_dim, z_dim, hidden, act, num_flows
+    "normal": lambda x_dim, z_dim, hidden, act, num_flows, trunk: NormalGuide(
+        x_dim, z_dim, hidden, act, trunk
+    ),
+    "iaf": lambda x_dim, z_dim, hidden, act, num_flows, trunk: IAFGuide(
+        x_dim, z_dim, hidden, act, num_flows, trunk
     ),
 }
 
@@ -103,6 +131,9 @@ def make_guide(
     hidden_dims: Sequence[int] = (400,),
     activation: str = "relu",
     num_flows: int = 2,
+    *,
+    trunk: nn.Module | None = None,
 ) -> Guide:
-    """Build a guide by name (``normal`` or ``iaf``)."""
-    return lookup("guide", name, GUIDES)(x_dim, z_dim, hidden_dims, activation, num_flows)
+    """Build a guide by name (``normal`` or ``iaf``): its head on ``trunk`` (``x [B, x_dim] ->
+    features [B, F]``), or on an MLP of ``hidden_dims`` when none is given."""
+    return lookup("guide", name, GUIDES)(x_dim, z_dim, hidden_dims, activation, num_flows, trunk)

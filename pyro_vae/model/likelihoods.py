@@ -45,6 +45,13 @@ class Likelihood(nn.Module):
     def forward(self, params: torch.Tensor) -> dist.Distribution:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | params) ``[...]`` for decoder outputs ``params [..., num_params * x_dim]``
+        and ``x [B, x_dim]`` (broadcast): ``self(params).log_prob(x)``, which a subclass may
+        compute without building the distribution (the fast path of
+        :meth:`pyro_vae.VAE.log_weights`; the validated steps compare it with the program's)."""
+        return self(params).log_prob(x)
+
     def check(self, x: torch.Tensor, what: str = "data") -> None:
         """Raise ValueError if ``x [N, x_dim]`` has the wrong shape or lies outside the support."""
         check_data(x, self.x_dim, what)
@@ -69,6 +76,10 @@ class BernoulliLikelihood(Likelihood):
 
     def forward(self, params: torch.Tensor) -> dist.Distribution:
         return _BernoulliEvent(dist.Bernoulli(logits=params), 1)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        bce = binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none")
+        return -bce.sum(-1)
 
     def check(self, x: torch.Tensor, what: str = "data") -> None:
         super().check(x, what)

@@ -61,6 +61,22 @@ class LogWeights(NamedTuple):
     log_lik: torch.Tensor | None = None
     analytic: tuple[str, ...] = ()
     leaves: tuple[torch.Tensor, ...] = ()
+    #: per latent site, its part of ``log_q - (log_p - log_lik)`` (its analytic KL where taken
+    #: out), each ``[K, B]``: what free bits clamp per latent group
+    site_kl: dict | None = None
+
+    def tempered(self, beta: float) -> LogWeights:
+        """The log weights of ``log p(x | z) + beta * (log p(z) - log q(z | x))`` (KL weighted by
+        ``beta``, Higgins et al. 2017): the likelihood kept, the prior, q and KL scaled."""
+        prior = self.log_p - self.log_lik
+        return self._replace(
+            log_p=self.log_lik + beta * prior,
+            log_q=beta * self.log_q,
+            kl=None if self.kl is None else beta * self.kl,
+            site_kl=None
+            if self.site_kl is None
+            else {k: beta * v for k, v in self.site_kl.items()},
+        )
 
     @property
     def log_w(self) -> torch.Tensor:

@@ -27,11 +27,12 @@ from pyro.util import ignore_jit_warnings
 from torch import nn
 from torch.distributions import kl_divergence
 
+from .._registry import lookup
 from ..data.checks import check_data
 from .config import ModelConfig
 from .guides import Guide, make_guide
 from .likelihoods import Likelihood, make_likelihood
-from .networks import MLP
+from .networks import MLP, NETS, ConvDecoder, ConvEncoder, check_image_shape
 from .priors import Prior, StandardNormalPrior, make_prior
 from .protocol import LogWeights
 
@@ -77,6 +78,12 @@ def _expect(component: str, d, batch: tuple, event: tuple, contract: str) -> Non
         )
 
 
+def _log_normal_in_noise(eps: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """log N(loc + scale * eps; loc, scale) summed over the last dim: the value of
+    ``Normal(loc, scale).to_event(1).log_prob`` written in the noise, in fewer operations."""
+    return -(0.5 * eps.pow(2) + scale.log()).sum(-1) - eps.shape[-1] * _HALF_LOG_2PI
+
+
 def _log_q(q, z, gaussian, eps, pathwise: bool) -> torch.Tensor:
     """log q(z | x) ``[K, B]`` at q's own draw ``z``; with ``pathwise`` (diagonal Normal only)
     the guide's parameters are held fixed, so the gradient flows through z only."""
@@ -85,9 +92,27 @@ def _log_q(q, z, gaussian, eps, pathwise: bool) -> torch.Tensor:
         if pathwise:
             loc, s = loc.detach(), s.detach()
             eps = (z - loc) / s
-        # Written in the noise: the same value as Normal.log_prob, in fewer operations.
-        return -(0.5 * eps.pow(2) + s.log()).sum(-1) - z.shape[-1] * _HALF_LOG_2PI
+        return _log_normal_in_noise(eps, s)
     return q.log_prob(z)
+
+
+def _check_decoder(decoder: nn.Module, z_dim: int, out_dim: int) -> torch.Tensor:
+    """The decoder's output for ``z [2, z_dim]``, after checking that it maps ``[..., z_dim]`` to
+    ``[..., out_dim]`` for leading dimensions ``[2]`` and ``[3, 2]`` (a particle dimension)."""
+    kw = _dtype_device(decoder)
+    outputs = []
+    for lead in ((2,), (3, 2)):
+        y = decoder(torch.zeros(*lead, z_dim, **kw))
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != (*lead, out_dim):
+            got = list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(
+                f"the decoder must map z [..., {z_dim}] with any leading dimensions to the "
+                f"likelihood's parameters [..., {out_dim}] (num_params * x_dim); "
+                f"{type(decoder).__name__} gave {got} for z {[*lead, z_dim]}. Reshape with "
+                f"z.shape[:-1] rather than len(z) (see pyro_vae.networks.ConvDecoder)"
+            )
+        outputs.append(y)
+    return outputs[0]
 
 
 _instances = itertools.count()
@@ -97,21 +122,46 @@ def _name_or_custom(obj) -> str:
     return obj if isinstance(obj, str) else f"custom:{type(obj).__name__}"
 
 
+def _image_shape(image_shape, x_dim: int, encoder, decoder) -> tuple[int, ...]:
+    if not image_shape:
+        if "conv" in (encoder, decoder):
+            raise ValueError(
+                f"the conv nets need the images' shape: pass image_shape=(C, H, W) with "
+                f"C*H*W = x_dim = {x_dim}, e.g. image_shape=(1, 28, 28) for MNIST"
+            )
+        return ()
+    return check_image_shape(image_shape, int(x_dim))
+
+
 class VAE(nn.Module):
-    """A VAE with swappable prior, likelihood and guide.
+    """A VAE with swappable prior, likelihood, guide and networks (one stochastic layer ``z``).
 
     Args:
-        x_dim: data dimension D (e.g. 784 for 28x28 images).
+        x_dim: data dimension D (e.g. 784 for 28x28 images); data are flattened ``[B, D]``.
         z_dim: latent dimension.
-        hidden_dims: encoder hidden sizes; the decoder mirrors them.
+        hidden_dims: the MLP encoder's hidden sizes (the decoder mirrors them); for the conv
+            nets, ``hidden_dims[-1]`` is the size of their dense layer.
         activation: ``relu``, ``tanh``, ``elu``, ``softplus``, ``leaky_relu``, ``gelu``, ``silu``.
         prior: a name (``normal``, ``learned_normal``, ``mixture``, ``vamp``) or a
             :class:`~pyro_vae.priors.Prior`-like module whose ``forward()`` returns a distribution
             with event shape ``[z_dim]``.
         likelihood: a name (``bernoulli``, ``gaussian``, ``learned_gaussian``,
             ``continuous_bernoulli``, ``laplace``) or a :class:`~pyro_vae.likelihoods.Likelihood`.
-        guide: a name (``normal``, ``iaf``) or a :class:`~pyro_vae.guides.Guide`.
+        guide: a name (``normal``, ``iaf``: a head on the encoder trunk) or a whole
+            :class:`~pyro_vae.guides.Guide` (then ``encoder`` is not used).
+        net: the built-in networks, ``mlp`` or ``conv`` (needs ``image_shape``), for the encoder
+            and the decoder unless given.
+        encoder: a trunk ``x [B, x_dim] -> features [B, F]`` under the guide's head: ``mlp``,
+            ``conv`` or any module (its ``feature_dim`` attribute, or found by one dummy pass).
+        decoder: ``mlp``, ``conv`` or any module mapping ``z [..., z_dim]`` (any leading dims)
+            to the likelihood's parameters ``[..., num_params * x_dim]``.
+        image_shape: ``(C, H, W)`` or ``(H, W)`` of the data, for the conv nets.
     """
+
+    #: the latent sites, bottom (nearest x) first
+    _latent_sites: tuple[str, ...] = ("z",)
+    #: ModelConfig fields this class does not take
+    _unused_config: tuple[str, ...] = ("z2_dim", "hidden2_dims")
 
     def __init__(
         self,
@@ -125,8 +175,21 @@ class VAE(nn.Module):
         num_components: int = 10,
         num_flows: int = 2,
         likelihood_scale: float = 1.0,
+        *,
+        net: str = "mlp",
+        encoder: str | nn.Module | None = None,
+        decoder: str | nn.Module | None = None,
+        image_shape: Sequence[int] = (),
+        conv_channels: Sequence[int] = (32, 64),
     ) -> None:
         super().__init__()
+        encoder = net if encoder is None else encoder
+        decoder = net if decoder is None else decoder
+        if not isinstance(guide, str) and encoder != net:
+            raise ValueError(
+                "pass either a whole guide or an encoder trunk, not both: a user-written guide "
+                "holds its own encoder (give it the trunk instead)"
+            )
         self.config = ModelConfig(
             x_dim=int(x_dim),
             z_dim=int(z_dim),
@@ -138,28 +201,78 @@ class VAE(nn.Module):
             num_components=int(num_components),
             num_flows=int(num_flows),
             likelihood_scale=float(likelihood_scale),
+            encoder=_name_or_custom(encoder) if isinstance(guide, str) else "mlp",
+            decoder=_name_or_custom(decoder),
+            image_shape=_image_shape(image_shape, x_dim, encoder, decoder),
+            conv_channels=tuple(int(c) for c in conv_channels),
+            **self._top_config(),
         )
-        hidden = self.config.hidden_dims
-        self.encoder = (
-            make_guide(guide, x_dim, z_dim, hidden, activation, num_flows)
-            if isinstance(guide, str)
-            else guide
-        )
+        cfg = self.config
         self.likelihood = (
             make_likelihood(likelihood, x_dim, likelihood_scale)
             if isinstance(likelihood, str)
             else likelihood
         )
-        self.prior = (
-            make_prior(prior, z_dim, x_dim, num_components) if isinstance(prior, str) else prior
+        self.encoder = (
+            make_guide(
+                guide,
+                x_dim,
+                z_dim,
+                cfg.hidden_dims,
+                activation,
+                num_flows,
+                trunk=self._trunk(encoder),
+            )
+            if isinstance(guide, str)
+            else guide
         )
+        self.decoder = self._decoder(decoder)
+        self._build_top()
+        self.prior = self._make_prior(prior)
         if hasattr(self.prior, "bind"):
-            self.prior.bind(self.encoder.gaussian)
-        num_params = getattr(self.likelihood, "num_params", 1)
-        self.decoder = MLP(z_dim, tuple(reversed(hidden)), num_params * x_dim, activation)
+            self.prior.bind(getattr(self.encoder, "gaussian", self.encoder))
         # One param-store name per instance: two VAEs in a process must not share parameters.
         self._pyro_name = f"vae{next(_instances)}"
         self._check_components()
+
+    # Hooks of a deeper hierarchy (TwoLayerVAE): its config fields, its extra networks, and the
+    # dimension of the latent the prior is over.
+    def _top_config(self) -> dict:
+        return {}
+
+    def _build_top(self) -> None:
+        pass
+
+    def _prior_dim(self) -> int:
+        return self.config.z_dim
+
+    def _make_prior(self, prior) -> nn.Module:
+        c = self.config
+        if isinstance(prior, str):
+            return make_prior(prior, self._prior_dim(), c.x_dim, c.num_components)
+        return prior
+
+    def _trunk(self, encoder) -> nn.Module | None:
+        """The encoder trunk for a built-in guide's head: None for the guide's own MLP."""
+        c = self.config
+        if not isinstance(encoder, str):
+            return encoder
+        name = lookup("net", encoder, {n: n for n in NETS})
+        if name == "mlp":
+            return None
+        return ConvEncoder(c.image_shape, c.conv_channels, c.hidden_dims[-1], c.activation)
+
+    def _decoder(self, decoder) -> nn.Module:
+        c = self.config
+        num_params = getattr(self.likelihood, "num_params", 1)
+        if not isinstance(decoder, str):
+            return decoder
+        if lookup("net", decoder, {n: n for n in NETS}) == "mlp":
+            return MLP(c.z_dim, tuple(reversed(c.hidden_dims)), num_params * c.x_dim, c.activation)
+        channels = tuple(reversed(c.conv_channels))
+        return ConvDecoder(
+            c.z_dim, c.image_shape, channels, c.hidden_dims[-1], c.activation, num_params
+        )
 
     def _check_components(self) -> None:
         """Each component returns what the program needs: checked once, on a dummy batch of 2,
@@ -175,19 +288,29 @@ class VAE(nn.Module):
                 m.training = mode
 
     def _check_each(self, x_dim: int, z_dim: int) -> None:
-        _expect("prior", self.prior(), (), (z_dim,), "a distribution over z: [z_dim]")
+        top = self._prior_dim()
+        _expect("prior", self.prior(), (), (top,), f"a distribution over the top latent: [{top}]")
         q = self.encoder(torch.zeros(2, x_dim, **_dtype_device(self.encoder)))
         _expect("guide", q, (2,), (z_dim,), "q(z | x) for x [B, x_dim]: batch [B], event [z_dim]")
-        p = self.likelihood(self.decoder(torch.zeros(2, z_dim, **_dtype_device(self.decoder))))
+        num_params = getattr(self.likelihood, "num_params", 1)
+        params = _check_decoder(self.decoder, z_dim, num_params * x_dim)
         contract = "p(x | z) for z [B, z_dim]: batch [B], event [x_dim]"
-        _expect("likelihood", p, (2,), (x_dim,), contract)
+        _expect("likelihood", self.likelihood(params), (2,), (x_dim,), contract)
 
     @classmethod
     def from_config(cls, config: ModelConfig, **objects) -> VAE:
         """Rebuild from a :class:`ModelConfig`; pass user-written prior/likelihood/guide objects
         by keyword when the config records them as ``custom:...``."""
         kwargs = config.to_dict()
-        for key in ("prior", "likelihood", "guide"):
+        layers = kwargs.pop("latent_layers")
+        if layers != len(cls._latent_sites):
+            raise ValueError(
+                f"this config describes {layers} stochastic layers, which {cls.__name__} does not "
+                f"build; use pyro_vae.build_model(config) (or TwoLayerVAE.from_config)"
+            )
+        for key in cls._unused_config:
+            kwargs.pop(key)
+        for key in ("prior", "likelihood", "guide", "encoder", "decoder"):
             if key in objects:
                 kwargs[key] = objects.pop(key)
             elif str(kwargs[key]).startswith("custom:"):
@@ -265,14 +388,7 @@ class VAE(nn.Module):
         """
         batch = x.shape[0]
         scale = 1.0 if num_data is None or num_data == batch else num_data / batch
-        q = self.encoder(x)
-        if q.batch_shape != x.shape[:1] or not q.has_rsample:
-            raise ValueError(
-                f"VAE.log_weights needs one reparameterized q(z | x_n) per datapoint, got a "
-                f"{type(q).__name__} with batch shape {tuple(q.batch_shape)} for {batch} rows "
-                f"(has_rsample={q.has_rsample}); the Pyro program handles this guide"
-            )
-        gaussian = _diagonal_normal(q)
+        q, gaussian = self._posterior(x)
         if pathwise and gaussian is None:
             # A flow's log q at its own draw goes through its cached input, not z: the path
             # derivative needs the leaves of pyro_vae.log_weights (the Pyro program).
@@ -280,6 +396,7 @@ class VAE(nn.Module):
                 f"VAE.log_weights(pathwise=True) has a closed form for a diagonal-Normal guide "
                 f"only, not {type(q).__name__}; the Pyro program handles this guide"
             )
+        eps = None
         if gaussian is not None:
             loc, s = gaussian
             # The very draw torch's Normal.rsample makes; eps gives log q(z) below.
@@ -287,16 +404,37 @@ class VAE(nn.Module):
             z = loc + eps * s
         else:
             z = q.rsample((num_samples,))
-        log_lik = self.likelihood(self.decoder(z)).log_prob(x)  # [K, B]
+        # One particle: the decoder sees [B, z_dim], a view of z, so gradients still reach z
+        # (where DReG's hook sits) while the networks skip the leading dimension of 1.
+        params = self.decoder(z[0] if num_samples == 1 else z)
+        own = getattr(self.likelihood, "log_prob", None)  # Likelihood's, without a distribution
+        log_lik = own(params, x) if callable(own) else self.likelihood(params).log_prob(x)
+        log_lik = log_lik.unsqueeze(0) if num_samples == 1 else log_lik  # [K, B]
         kl = self._analytic_kl(q, gaussian) if analytic_kl else None
         if kl is not None:
             kl = kl.expand(log_lik.shape)
             log_p, log_q = log_lik, torch.zeros_like(log_lik)
         else:
             log_p = log_lik + self._log_prior(z)
-            log_q = _log_q(q, z, gaussian, eps if gaussian is not None else None, pathwise)
+            log_q = _log_q(q, z, gaussian, eps, pathwise)
         analytic = ("z",) if kl is not None else ()
-        return LogWeights(log_p, log_q, kl, scale, (z,), None, log_lik, analytic)
+        site_kl = {"z": kl if kl is not None else log_q - (log_p - log_lik)}
+        return LogWeights(log_p, log_q, kl, scale, (z,), None, log_lik, analytic, (), site_kl)
+
+    def _posterior(self, x: torch.Tensor):
+        """``(q, (loc, scale))`` for a diagonal-Normal guide (``q`` None when its ``loc_scale``
+        gives them without a distribution object), ``(q, None)`` for any other guide."""
+        loc_scale = getattr(self.encoder, "loc_scale", None)
+        if callable(loc_scale):
+            return None, loc_scale(x)
+        q = self.encoder(x)
+        if q.batch_shape != x.shape[:1] or not q.has_rsample:
+            raise ValueError(
+                f"VAE.log_weights needs one reparameterized q(z | x_n) per datapoint, got a "
+                f"{type(q).__name__} with batch shape {tuple(q.batch_shape)} for {len(x)} rows "
+                f"(has_rsample={q.has_rsample}); the Pyro program handles this guide"
+            )
+        return q, _diagonal_normal(q)
 
     def _standard_prior(self) -> bool:
         # Exactly the built-in N(0, I): a subclass may change forward().
@@ -307,6 +445,8 @@ class VAE(nn.Module):
         if gaussian is not None and self._standard_prior():
             loc, s = gaussian  # the closed form written out: fewer operations, same values
             return (0.5 * (s.pow(2) + loc.pow(2) - 1.0) - s.log()).sum(-1)
+        if q is None:
+            q = dist.Normal(*gaussian).to_event(1)
         try:
             return kl_divergence(q, self.prior().expand(q.batch_shape))
         except NotImplementedError:  # e.g. a mixture prior: Monte Carlo, as Pyro does
@@ -340,9 +480,12 @@ class VAE(nn.Module):
     def sample(self, n: int, mean: bool = True) -> torch.Tensor:
         """``n`` new datapoints ``[n, x_dim]`` from the prior: the likelihood's mean (``mean=True``,
         what figures show) or a draw from it."""
-        z = self.prior().sample((n,))
-        p = self.decode(z)
+        p = self.decode(self._draw_bottom(n))
         return p.mean if mean else p.sample()
+
+    def _draw_bottom(self, n: int) -> torch.Tensor:
+        """``n`` draws of the latent the decoder reads, ``[n, z_dim]``, from the top down."""
+        return self.prior().sample((n,))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict of tensors and primitives (nanoGPT style)::
 
-    {"format": "pyro_vae.checkpoint", "version": 2, "model_config": {...}, "train_config": {...},
+    {"format": "pyro_vae.checkpoint", "version": 2, "model_class": "VAE",
+     "model_config": {...} | None, "train_config": {...},
      "model": state_dict, "optimizer": state_dict, "epoch": int, "history": [{...}, ...],
      "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...]}, "estimator": {...} | None,
      "sha256": hex digest of everything else}
@@ -27,8 +28,8 @@ from typing import Any
 import torch
 
 from .._io import atomic_write
+from ..model.build import build_model
 from ..model.config import ModelConfig
-from ..model.vae import VAE
 from .config import TrainConfig, save_config
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_model",
+    "model_config",
     "get_rng_state",
     "set_rng_state",
 ]
@@ -72,6 +74,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def model_config(module) -> ModelConfig | None:
+    """The module's :class:`ModelConfig` where it has one (the built-in models), else None."""
+    config = getattr(module, "config", None)
+    return config if isinstance(config, ModelConfig) else None
+
+
 def save_checkpoint(
     path: str | Path,
     vae,
@@ -83,15 +91,18 @@ def save_checkpoint(
     rng_state: dict[str, Any] | None = None,
     estimator_state: dict[str, Any] | None = None,
     config_changes: list[dict] | None = None,
+    training_step: int | None = None,
 ) -> Path:
     """Write a checkpoint atomically, and ``config.json`` beside it. ``estimator_state``: the
     ELBO's own state where it has one (``Score_ELBO``'s baseline), restored on resume;
-    ``config_changes`` the training settings changed on resumes, with the epoch of each."""
+    ``config_changes`` the training settings changed on resumes, with the epoch of each;
+    ``training_step`` the number of training steps taken (the KL warm-up's position)."""
     path = Path(path)
     ckpt: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
-        "model_config": vae.config.to_dict(),
+        "model_class": type(vae).__name__,
+        "model_config": None if model_config(vae) is None else model_config(vae).to_dict(),
         "train_config": train_config.to_dict() if train_config is not None else None,
         "model": vae.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -102,12 +113,14 @@ def save_checkpoint(
         # [{"epoch": E, "changed": {field: [before, after]}}]: settings changed on a resume after
         # epoch E, so that train_config with these describes every epoch trained
         "config_changes": list(config_changes or []),
+        # the global step count: where the KL warm-up and the validation cadence stand
+        "training_step": None if training_step is None else int(training_step),
     }
     ckpt["sha256"] = digest(ckpt)
     try:
         _keep_previous(path)
         atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
-        save_config(path.parent / CONFIG_NAME, vae.config, train_config)
+        save_config(path.parent / CONFIG_NAME, model_config(vae), train_config)
     except OSError as e:
         kept = f"the checkpoint already there ({path}) is intact" if path.exists() else "none"
         raise CheckpointError(
@@ -262,15 +275,32 @@ def _corrupt(path: Path, why: str) -> str:
     return f"checkpoint {path} is corrupt: {why}; {fix}"
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu", **objects):
-    """Rebuild a trained :class:`~pyro_vae.VAE` from a checkpoint or run directory in one call.
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu", *, model=None, **objects
+):
+    """Rebuild a trained model from a checkpoint or run directory in one call.
 
-    Pass user-written ``prior=``, ``likelihood=`` or ``guide=`` objects if it was built with them.
+    A built-in model (:class:`~pyro_vae.VAE`, :class:`~pyro_vae.TwoLayerVAE`) is rebuilt from the
+    checkpoint's :class:`ModelConfig`: pass user-written ``prior=``, ``likelihood=``, ``guide=``,
+    ``encoder=`` or ``decoder=`` objects if it was built with them. Any other model object is
+    passed as ``model=`` (built as it was trained) and gets the checkpoint's weights.
     """
     ckpt = load_checkpoint(path, map_location)
-    vae = VAE.from_config(ModelConfig.from_dict(ckpt["model_config"]), **objects)
+    saved = ckpt.get("model_config")
+    if model is None:
+        if saved is None:
+            raise CheckpointError(
+                f"{path} holds a user-written model ({ckpt.get('model_class', 'unknown class')}) "
+                f"without a ModelConfig: build it as it was trained and pass it, "
+                f"load_model(path, model=MyModel(...))"
+            )
+        model = build_model(ModelConfig.from_dict(saved), **objects)
+    elif objects:
+        raise TypeError(f"pass either model= or the components {sorted(objects)}, not both")
     try:
-        vae.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"the checkpoint's weights do not fit its model config: {e}") from e
-    return vae.to(map_location)
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit the model ({type(model).__name__}): {e}"
+        ) from e
+    return model.to(map_location)

@@ -34,13 +34,21 @@ class TrainConfig(JsonConfig):
     seed: int = 0
     device: str = "cpu"
     jit: bool = False
-    #: between Pyro-run, validated steps (every 50th), use the model's own log weights where it
+    #: between Pyro-run, validated steps (every 200th), use the model's own log weights where it
     #: has them (:mod:`pyro_vae.training.loss` says what runs when); False runs the Pyro
     #: program, validated, every step
     fast_path: bool = True
     progress: bool = True
     #: ``None`` (constant lr) or ``"burda2015"``: lr * 10^(-i/7) for 3^i epochs, i = 0, 1, ...
     lr_schedule: str | None = None
+    #: the training objective's KL weight (Higgins et al. 2017); reported bounds are beta = 1's
+    beta: float = 1.0
+    #: raise the KL weight linearly from 0 to ``beta`` over this many epochs (Sonderby et al.
+    #: 2016), step by step; 0 = no warm-up
+    kl_warmup: int = 0
+    #: free bits (Kingma et al. 2016): nats per datapoint below which a latent site's
+    #: batch-mean KL is not penalized; 0 = off (trace and meanfield only)
+    free_bits: float = 0.0
 
     def __post_init__(self) -> None:
         self.check_types()
@@ -51,6 +59,9 @@ class TrainConfig(JsonConfig):
             "num_particles": self.num_particles >= 1,
             "eval_samples": self.eval_samples >= 1,
             "eval_every": self.eval_every >= 0,
+            "beta": self.beta >= 0,
+            "kl_warmup": self.kl_warmup >= 0,
+            "free_bits": self.free_bits >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -80,21 +91,25 @@ def lr_at_epoch(config: TrainConfig, epoch: int) -> float:
     return config.lr * 10 ** (-i / 7)
 
 
-def save_config(path: str | Path, model: ModelConfig, train: TrainConfig | None = None) -> Path:
-    """Write ``{"model": ..., "train": ...}`` as JSON, atomically."""
-    obj: dict[str, Any] = {"model": model.to_dict()}
+def save_config(
+    path: str | Path, model: ModelConfig | None, train: TrainConfig | None = None
+) -> Path:
+    """Write ``{"model": ..., "train": ...}`` as JSON, atomically (``model`` null for a
+    user-written model object without a :class:`ModelConfig`)."""
+    obj: dict[str, Any] = {"model": model.to_dict() if model is not None else None}
     if train is not None:
         obj["train"] = train.to_dict()
     return atomic_write_json(path, obj)
 
 
-def load_config(path: str | Path) -> tuple[ModelConfig, TrainConfig | None]:
+def load_config(path: str | Path) -> tuple[ModelConfig | None, TrainConfig | None]:
     """Read a file written by :func:`save_config`."""
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
         train = TrainConfig.from_dict(obj["train"]) if obj.get("train") is not None else None
-        return ModelConfig.from_dict(obj["model"]), train
+        model = obj["model"]
+        return (ModelConfig.from_dict(model) if model is not None else None), train
     except FileNotFoundError:
         raise
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:

@@ -50,7 +50,7 @@ import torch
 import torch.distributed as dist
 
 from .._device import fork_rng, resolve_device
-from ..infer.evaluate import LogLikelihood, kl_to_prior, log_likelihood, summarize
+from ..infer.evaluate import LogLikelihood, PerDatapoint, check_model_data, per_datapoint, summarize
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -222,7 +222,7 @@ def evaluate_distributed(
     *,
     batch_size: int | None = None,
     seed: int | None = 0,
-) -> dict[str, float]:
+) -> dict:
     """:func:`pyro_vae.evaluate` with the data sharded across the processes of the default group.
 
     Every process passes the whole ``data``, evaluates its contiguous share and the per-datapoint
@@ -231,31 +231,32 @@ def evaluate_distributed(
     ``rank_seed(seed, 0, r)``; rank 0 from ``seed``, so one process reproduces ``evaluate``.
     """
     ctx = get_context()
-    vae.check_data(data, "evaluation data")
+    check_model_data(vae, data, "evaluation data")
     n = len(data)
     start, length = shard(n, ctx.world_size, ctx.rank)
-    z_dim = vae.config.z_dim
-    dtype = data.dtype if data.is_floating_point() else torch.get_default_dtype()
-    # columns: log_likelihood, stderr, ess, elbo, kl, then the posterior mean [z_dim]
-    table = torch.zeros(n, 5 + z_dim, dtype=dtype, device=data.device)
-    if length > 0:
-        x = data[start : start + length]
-        with fork_rng(data.device, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed if ctx.rank == 0 else rank_seed(seed, 0, ctx.rank))
-            stats = log_likelihood(
-                vae.model,
-                vae.guide,
-                x,
-                num_samples,
-                batch_size,
-                return_stats=True,
-                check_data=False,
-            )
-            rows = table[start : start + length]
-            rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3] = stats
-            rows[:, 4] = kl_to_prior(vae, x)
-            rows[:, 5:] = vae.posterior_mean(x)
-    dist.all_reduce(table)
-    ll, stderr, ess, elbo, kl = table[:, :5].unbind(-1)
-    return summarize(LogLikelihood(ll, stderr, ess, elbo), kl, table[:, 5:], num_samples)
+    # Every rank evaluates at least one datapoint (its own, or the first) to learn the shapes;
+    # only its own share enters the all-reduced sums.
+    x = data[start : start + length] if length > 0 else data[:1]
+    with fork_rng(data.device, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed if ctx.rank == 0 else rank_seed(seed, 0, ctx.rank))
+        mine = per_datapoint(vae, x, num_samples, batch_size=batch_size)
+
+    def gathered(t: torch.Tensor) -> torch.Tensor:
+        full = t.new_zeros((n, *t.shape[1:]))
+        if length > 0:
+            full[start : start + length] = t
+        dist.all_reduce(full)
+        return full
+
+    return summarize(
+        PerDatapoint(
+            LogLikelihood(*(gathered(t) for t in mine.stats)),
+            gathered(mine.kl),
+            {k: gathered(v) for k, v in mine.means.items()},
+            {k: gathered(v) for k, v in mine.noise.items()},
+            mine.kl_closed_form,
+            mine.kl_monte_carlo,
+        ),
+        num_samples,
+    )

@@ -26,17 +26,20 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_text
 from ..data import as_tensor, check_data
 from ..infer.estimators import make_elbo
+from ..model.config import ModelConfig
 from .checkpoint import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     PREVIOUS_NAME,
     CheckpointError,
     get_rng_state,
+    model_config,
     remove_stale_temporaries,
     save_checkpoint,
 )
 from .config import TrainConfig, lr_at_epoch
 from .errors import TrainingDiverged
+from .kl_weight import KLWeight
 from .loss import TrainingLoss
 from .processes import DataParallel, SingleProcess
 
@@ -121,7 +124,11 @@ def train(
     history = run["history"]
     plan = _BatchPlan(len(x_train), config.batch_size, procs)
     loss = TrainingLoss(
-        vae, elbo, fast_path=config.fast_path, first_step=len(history) * plan.num_steps
+        vae,
+        elbo,
+        fast_path=config.fast_path,
+        first_step=run.get("step", len(history) * plan.num_steps),
+        kl_weight=KLWeight(config.beta, config.kl_warmup * plan.num_steps, config.free_bits),
     )
     step = procs.make_step(loss, x_train[:2], config.binarize)
     t_start, evaluation = time.perf_counter(), None
@@ -133,7 +140,7 @@ def train(
         history.append(procs.describe(record))
         _warn_if_diverging(history, x_train[0].numel())
         if ckpt_path is not None and procs.is_main:
-            _save(ckpt_path, vae, optimizer, elbo, history, config, run["config_changes"])
+            _save(ckpt_path, vae, optimizer, loss, history, config, run["config_changes"])
         if procs.is_main:
             for cb in callbacks:
                 cb(history[-1])
@@ -259,12 +266,18 @@ def _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume, ove
             f"nothing to resume: there is no checkpoint at {ckpt_path}; start the run without "
             f"resume (--resume), or point out_dir (--out) at the run to continue"
         )
-    _check_model_config(ckpt_path, ckpt["model_config"], vae.config.to_dict())
+    _check_model(ckpt_path, ckpt, vae)
     changes = list(ckpt.get("config_changes") or [])
     changed = _check_train_config(ckpt_path, ckpt.get("train_config"), config, override)
     if changed:
         changes.append({"epoch": int(ckpt["epoch"]), "changed": changed})
-    vae.load_state_dict(ckpt["model"])
+    try:
+        vae.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"cannot resume from {ckpt_path}: its weights do not fit {type(vae).__name__} ({e}); "
+            f"build the model the checkpoint was written for"
+        ) from e
     optimizer.load_state_dict(ckpt["optimizer"])
     procs.restore_rng(ckpt["rng"])
     if ckpt.get("estimator") is not None and hasattr(elbo, "load_state_dict"):
@@ -274,7 +287,10 @@ def _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume, ove
         raise CheckpointError(f"{ckpt_path}: epoch {ckpt['epoch']} but {len(history)} records")
     if procs.is_main:
         _write_metrics(ckpt_path.parent, history)
-    return {"history": history, "config_changes": changes}
+    run = {"history": history, "config_changes": changes}
+    if ckpt.get("training_step") is not None:  # the validation cadence's and KL warm-up's
+        run["step"] = int(ckpt["training_step"])
+    return run
 
 
 def _differences(old: dict, new: dict) -> dict:
@@ -283,8 +299,16 @@ def _differences(old: dict, new: dict) -> dict:
     }
 
 
-def _check_model_config(ckpt_path, saved: dict, current: dict) -> None:
-    diff = _differences(saved, current)
+def _check_model(ckpt_path, ckpt: dict, module) -> None:
+    """Refuse to resume with another model: another class, or another :class:`ModelConfig`
+    (an older checkpoint's config read with today's defaults for fields it predates)."""
+    saved, current = ckpt.get("model_config"), model_config(module)
+    saved_class = ckpt.get("model_class", "VAE")
+    if saved is None or current is None:
+        same = saved is None and current is None and saved_class == type(module).__name__
+        diff = {} if same else {"model class": [saved_class, type(module).__name__]}
+    else:
+        diff = _differences(ModelConfig.from_dict(saved).to_dict(), current.to_dict())
     if diff:
         listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
         raise CheckpointError(
@@ -310,7 +334,8 @@ def _check_train_config(ckpt_path, saved: dict | None, config, override) -> dict
     return {k: v for k, v in diff.items() if k != "progress"}
 
 
-def _save(ckpt_path: Path, vae, optimizer, elbo, history: list[dict], config, changes) -> None:
+def _save(ckpt_path: Path, vae, optimizer, loss, history: list[dict], config, changes) -> None:
+    elbo = loss.elbo
     save_checkpoint(
         ckpt_path,
         vae,
@@ -321,22 +346,28 @@ def _save(ckpt_path: Path, vae, optimizer, elbo, history: list[dict], config, ch
         rng_state=get_rng_state(),
         estimator_state=elbo.state_dict() if hasattr(elbo, "state_dict") else None,
         config_changes=changes,
+        training_step=loss.step,
     )
     _write_metrics(ckpt_path.parent, history)
     remove_stale_temporaries(ckpt_path.parent, _RUN_FILES)
 
 
 def _prepare(vae, data, what: str, binarize: str | None, device: torch.device) -> torch.Tensor:
+    """The data as a tensor on ``device``, checked: by the model's own ``check_data`` where it
+    has one (shape and the likelihood's support), else for shape ``[N, D]`` and finiteness."""
     x = as_tensor(data)
+    config = model_config(vae)
+    own_check = getattr(vae, "check_data", None)
+    if binarize == "dynamic" or not callable(own_check):
+        check_data(x, config.x_dim if config is not None else None, what)
     if binarize == "dynamic":
-        check_data(x, vae.config.x_dim, what)
         if bool(((x < 0) | (x > 1)).any()):
             raise ValueError(
                 f"binarize='dynamic' draws Bernoulli(x) pixels, so {what} must lie in [0, 1]; got "
                 f"min {float(x.min()):.4g}, max {float(x.max()):.4g}"
             )
-    else:
-        vae.check_data(x, what)
+    elif callable(own_check):
+        own_check(x, what)
     # Resident on the device: no host-to-device copy per batch.
     return x.to(device)
 

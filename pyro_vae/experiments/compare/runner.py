@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,11 @@ import torch
 from ..._device import resolve_device
 from ...data import ImageData, load_dataset
 from ...infer.evaluate import evaluate
+from ...model.build import build_model
 from ...model.vae import VAE
 from ...training.config import TrainConfig
 from ...training.loop import TrainingDiverged, train
-from ..run import device_name, epoch_line, prepare_data
+from ..run import device_name, epoch_line, for_images, prepare_data
 from .budget import Budget, BudgetExhausted
 from .config import CompareConfig
 from .report import write_report
@@ -151,7 +152,7 @@ def _one_run(
 ) -> tuple[dict[str, Any], VAE]:
     """Train and evaluate one estimator at one seed; returns its run record and the model."""
     torch.manual_seed(seed)  # the initial weights depend on the seed alone
-    vae = VAE.from_config(config.model)
+    vae = build_model(config.model)
     prefix = f"[{spec.name} K={spec.num_particles} seed {seed}]"
     budget = Budget(config.seconds, lambda r: log(epoch_line(r, f"{prefix} ")))
     train_config = _train_config(spec, seed, config, binarize)
@@ -246,6 +247,7 @@ def compare_estimators(
     """
     device = resolve_device(config.device)
     data = _load_data(config, data, data_dir)
+    config = replace(config, model=for_images(config.model, data))
     train_x, test_x, binarize, kind = _train_and_test(data, config, device)
     specs = list(config.estimators)
     log(
