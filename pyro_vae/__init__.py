@@ -26,11 +26,11 @@ from .infer.evaluate import evaluate, log_likelihood
 from .infer.gradients import gradient_snr
 from .infer.log_weights import LogWeights, log_weights
 from .model import guides, likelihoods, networks, priors
+from .model.build import build_model
 from .model.config import ModelConfig
 from .model.guides import GUIDES, Guide, make_guide
 from .model.likelihoods import LIKELIHOODS, Likelihood, make_likelihood
 from .model.priors import PRIORS, Prior, make_prior
-from .model.build import build_model
 from .model.two_layer import TwoLayerVAE
 from .model.vae import VAE
 from .training.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint

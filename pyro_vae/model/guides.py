@@ -25,16 +25,14 @@ __all__ = ["Guide", "NormalGuide", "IAFGuide", "GUIDES", "make_guide"]
 
 
 class Guide(nn.Module):
-    """Base class for amortized guides."""
+    """Base class for amortized guides. A guide may also define ``gaussian(x)``, a diagonal-
+    Normal stage of q (the VampPrior mixes it; without one the VampPrior mixes q itself)."""
 
     def __init__(self, x_dim: int, z_dim: int) -> None:
         super().__init__()
         self.x_dim, self.z_dim = int(x_dim), int(z_dim)
 
     def forward(self, x: torch.Tensor) -> dist.Distribution:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def gaussian(self, x: torch.Tensor) -> dist.Distribution:  # pragma: no cover - abstract
         raise NotImplementedError
 
 

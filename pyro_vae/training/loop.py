@@ -368,8 +368,10 @@ def _prepare(vae, data, what: str, binarize: str | None, device: torch.device) -
             )
     elif callable(own_check):
         own_check(x, what)
-    # Resident on the device: no host-to-device copy per batch.
-    return x.to(device)
+    # Resident on the device, in the model's floating dtype (a float64 model trains on float64
+    # data): no host-to-device copy or cast per batch.
+    dtype = next((p.dtype for p in vae.parameters() if p.is_floating_point()), x.dtype)
+    return x.to(device=device, dtype=dtype)
 
 
 def _write_metrics(out_dir: Path, history: list[dict]) -> None:

@@ -1,0 +1,148 @@
+"""TwoLayerVAE: Burda et al.'s two stochastic layers as a Pyro model and guide."""
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from gradcheck import loss_grads_and_rng
+
+import pyro_vae as pv
+
+
+def _x(n=10, d=6, seed=1):
+    return torch.bernoulli(torch.rand(n, d, generator=torch.Generator().manual_seed(seed)))
+
+
+def _small(**kw):
+    torch.manual_seed(0)
+    return pv.TwoLayerVAE(6, 4, (8,), z2_dim=3, hidden2_dims=(5,), **kw)
+
+
+def test_defaults_are_burdas_architecture():
+    vae = pv.TwoLayerVAE(784)
+    c = vae.config
+    assert (c.z_dim, c.hidden_dims, c.activation, c.z2_dim, c.hidden2_dims) == (
+        100,
+        (200, 200),
+        "tanh",
+        50,
+        (100, 100),
+    )
+    assert c.latent_layers == 2
+    linears = [m.out_features for m in vae.encoder.net.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == [200, 200, 200]  # 784-200-200 -> (loc, scale) of z1 (100)
+    q2 = [m.out_features for m in vae.q_z2.modules() if isinstance(m, torch.nn.Linear)]
+    assert q2 == [100, 100, 100]  # z1-100-100 -> (loc, scale) of z2 (50)
+
+
+def test_the_program_reads_like_the_math():
+    vae = _small()
+    x = _x()
+    guide = poutine.trace(vae.guide).get_trace(x)
+    model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+    assert [n for n, s in guide.nodes.items() if s["type"] == "sample"] == ["data", "z1", "z2"]
+    assert [n for n, s in model.nodes.items() if s["type"] == "sample"] == ["data", "z2", "z1", "x"]
+    assert model.nodes["z1"]["fn"].event_shape == (4,) and model.nodes["z2"]["fn"].event_shape == (
+        3,
+    )
+    assert model.nodes["x"]["is_observed"]
+
+
+@pytest.mark.parametrize(
+    "estimator,k", [("trace", 1), ("trace", 3), ("iwae", 3), ("renyi", 3), ("tail_adaptive", 3)]
+)
+def test_own_log_weights_equal_the_pyro_program(estimator, k):
+    vae = _small().double()
+    x = _x().double()
+    elbo = pv.make_elbo(estimator, k)
+    expected, expected_grads, expected_rng = loss_grads_and_rng(
+        lambda: elbo.differentiable_loss(vae.model, vae.guide, x, num_data=100), vae
+    )
+    got, grads, rng = loss_grads_and_rng(
+        lambda: elbo.objective(vae.log_weights(x, 100, **elbo.request())), vae
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-9)
+    assert grads.keys() == expected_grads.keys() and len(grads) == len(list(vae.parameters()))
+    for name, g in grads.items():
+        torch.testing.assert_close(g, expected_grads[name], rtol=1e-8, atol=1e-9, msg=name)
+    assert torch.equal(rng, expected_rng)
+
+
+@pytest.mark.parametrize("options", [dict(pathwise=True), dict(analytic_kl=True)])
+def test_own_log_weights_leave_path_derivatives_and_closed_form_kls_to_the_program(options):
+    with pytest.raises(ValueError, match="the Pyro program handles"):
+        _small().log_weights(_x(), **options)
+
+
+@pytest.mark.parametrize("estimator", sorted(pv.ESTIMATORS))
+@pytest.mark.parametrize("net", ["two_layer", "conv"])
+def test_every_estimator_runs_and_lowers_the_loss(estimator, net):
+    torch.manual_seed(0)
+    if net == "conv":
+        vae = pv.VAE(64, 4, (16,), net="conv", image_shape=(1, 8, 8), conv_channels=(4, 8))
+    else:
+        vae = pv.TwoLayerVAE(64, 6, (16,), z2_dim=3, hidden2_dims=(8,))
+    x = _x(64, 64, seed=2)
+    k = 1 if estimator in ("trace", "meanfield", "tracegraph", "score") else 3
+    loss = pv.training.loss.TrainingLoss(vae, pv.make_elbo(estimator, k))
+
+    def bound():  # the ELBO of the current model, on many draws, with a fixed seed
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return float(
+                pv.log_likelihood(vae.model, vae.guide, x, 64, return_stats=True).elbo.mean()
+            )
+
+    before = bound()
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
+    for _ in range(40):
+        opt.zero_grad()
+        loss(x, 1000).backward()
+        opt.step()
+    assert bound() > before + 1.0, estimator
+
+
+def test_load_model_gives_identical_log_likelihoods(tmp_path):
+    vae = _small(guide="iaf")
+    pv.train(
+        vae,
+        _x(32),
+        config=pv.TrainConfig(epochs=1, batch_size=16, eval_every=0, progress=False),
+        out_dir=tmp_path,
+    )
+    loaded = pv.load_model(tmp_path)
+    assert type(loaded) is pv.TwoLayerVAE and loaded.config == vae.config
+    x = _x(8)
+    torch.manual_seed(4)
+    a = pv.log_likelihood(vae.model, vae.guide, x, num_samples=16)
+    torch.manual_seed(4)
+    b = pv.log_likelihood(loaded.model, loaded.guide, x, num_samples=16)
+    assert torch.equal(a, b)
+
+
+def test_samples_are_drawn_from_the_top_of_the_hierarchy_down():
+    vae = _small(likelihood="gaussian")
+    calls = []
+    vae.p_z1.register_forward_hook(lambda m, args, out: calls.append(args[0].shape))
+    samples = vae.sample(5)
+    assert samples.shape == (5, 6) and calls == [torch.Size([5, 3])]  # p(z1 | z2) ran on z2
+
+
+def test_the_vamp_prior_is_refused_for_the_top_layer():
+    with pytest.raises(ValueError, match="not over the top layer z2"):
+        pv.TwoLayerVAE(6, 4, (8,), prior="vamp")
+
+
+def test_build_model_picks_the_class_from_the_config():
+    vae = _small()
+    again = pv.build_model(vae.config)
+    assert type(again) is pv.TwoLayerVAE and again.config == vae.config
+    with pytest.raises(ValueError, match="2 stochastic layers"):
+        pv.VAE.from_config(vae.config)
+
+
+def test_the_program_is_a_valid_pyro_program_under_svi():
+    vae = _small()
+    pyro.clear_param_store()
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pv.make_elbo("trace"))
+    assert torch.isfinite(torch.tensor(svi.step(_x())))
