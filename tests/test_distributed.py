@@ -111,8 +111,13 @@ def _train_worker(rank: int, port: int, out: str) -> None:
         noisy = _noisy_vae()
         cfg = replace(CFG, epochs=2, binarize="dynamic")
         pv.train(noisy, x, torch.bernoulli(xt), cfg, distributed=True)
+        torch.manual_seed(0)
+        hier = pv.TwoLayerVAE(6, 3, (8,), z2_dim=2, hidden2_dims=(4,))
+        hier_res = pv.train(hier, x, torch.bernoulli(xt), cfg, distributed=True)
         torch.save(
             {
+                "two_layer": hier.state_dict(),
+                "two_layer_evaluation": hier_res.evaluation,
                 "exact": exact.state_dict(),
                 "history": res.history,
                 "evaluation": res.evaluation,
@@ -163,6 +168,14 @@ def test_parameters_are_identical_on_every_rank(two_ranks):
     for a, b in zip(r0["history"], r1["history"]):
         assert {**a, "seconds": 0} == {**b, "seconds": 0}
     assert not torch.equal(r0["exact"]["decoder.out.weight"], _delta_vae().decoder.out.weight)
+
+
+def test_a_two_layer_vae_trains_data_parallel(two_ranks):
+    _, (r0, r1) = two_ranks
+    _assert_same_state(r0["two_layer"], r1["two_layer"])
+    ev = r0["two_layer_evaluation"]
+    assert ev == r1["two_layer_evaluation"]
+    assert ev["latent_dims"] == {"z1": 3, "z2": 2} and ev["kl_closed_form"] == ["z2"]
 
 
 def test_ranks_draw_different_noise(two_ranks):

@@ -186,6 +186,37 @@ def test_flags_reach_the_library(example, fake_data, tmp_path):
     assert (tmp_path / "manifold.png").exists()  # z_dim == 2
 
 
+@pytest.mark.parametrize(
+    "flags,check",
+    [
+        (
+            ["--net", "conv"],
+            lambda m, t: (
+                (m["encoder"], m["decoder"], m["image_shape"]) == ("conv", "conv", [1, 28, 28])
+            ),
+        ),
+        (
+            ["--latent-layers", "2", "--z-dim", "6", "--z2-dim", "3", "--hidden2-dims", "8"],
+            lambda m, t: (
+                (m["latent_layers"], m["z_dim"], m["z2_dim"], m["activation"]) == (2, 6, 3, "tanh")
+            ),
+        ),
+        (
+            ["--beta", "0.5", "--kl-warmup", "2", "--free-bits", "0.25"],
+            lambda m, t: (t["beta"], t["kl_warmup"], t["free_bits"]) == (0.5, 2, 0.25),
+        ),
+    ],
+    ids=["conv", "two layers", "kl weighting"],
+)
+def test_open_model_flags_reach_the_library(example, fake_data, tmp_path, flags, check):
+    res = example.main([*SMALL, "--out", str(tmp_path), *flags])
+    assert check(res["model"], res["train"]), (res["model"], res["train"])
+    assert set(res["active_units_per_site"]) == set(res["latent_dims"])
+    assert (tmp_path / "samples.png").exists()
+    loaded = pv.load_model(tmp_path)
+    assert loaded.config.to_dict() == res["model"]
+
+
 def test_bernoulli_default_binarizes_dynamically(example, fake_data, tmp_path):
     res = example.main([*SMALL, "--out", str(tmp_path)])
     assert res["train"]["binarize"] == "dynamic" and res["data_kind"] == "binary"

@@ -146,3 +146,44 @@ def test_the_program_is_a_valid_pyro_program_under_svi():
     pyro.clear_param_store()
     svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pv.make_elbo("trace"))
     assert torch.isfinite(torch.tensor(svi.step(_x())))
+
+
+def test_gradient_groups_put_both_guide_networks_on_the_inference_side():
+    vae = _small()
+    groups = pv.infer.gradients.default_param_groups(vae.model, vae.guide, _x())
+    inference = {id(p) for p in groups["inference"]}
+    assert inference == {id(p) for m in (vae.encoder, vae.q_z2) for p in m.parameters()}
+    generative = {id(p) for p in groups["generative"]}
+    assert {id(p) for p in vae.p_z1.parameters()} <= generative
+    assert len(inference) + len(generative) == len(list(vae.parameters()))
+    snr = pv.gradient_snr(vae.model, vae.guide, pv.make_elbo("iwae", 2), _x(), num_repeats=3)
+    assert snr.mean_snr["inference"] > 0 and snr.mean_snr["generative"] > 0
+
+
+def test_the_comparison_harness_compares_estimators_on_two_layers(tmp_path):
+    from pyro_vae.experiments.compare import CompareConfig, compare_estimators, parse_estimators
+
+    g = torch.Generator().manual_seed(0)
+    data = pv.ImageData(
+        name="tiny",
+        train_x=torch.rand(40, 16, generator=g),
+        train_y=torch.zeros(40, dtype=torch.long),
+        test_x=torch.rand(12, 16, generator=g),
+        test_y=torch.zeros(12, dtype=torch.long),
+        image_shape=(4, 4),
+    )
+    model = pv.ModelConfig(16, 3, (8,), latent_layers=2, z2_dim=2, hidden2_dims=(4,))
+    config = CompareConfig(
+        estimators=tuple(parse_estimators("trace,dreg:2", "1")),
+        seeds=(0,),
+        epochs=1,
+        model=model,
+        batch_size=10,
+        eval_samples=4,
+        snr_k=(1,),
+        snr_repeats=2,
+        progress=False,
+    )
+    result = compare_estimators(config, data=data, out_dir=tmp_path, log=lambda m: None)
+    assert [r["estimator"] for r in result.rows] == ["trace", "dreg"]
+    assert "two-layer VAE" in (tmp_path / "comparison.md").read_text()

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model.vae import VAE
 from .log_weights import log_weights
 
 __all__ = ["GradientSNR", "gradient_snr", "default_param_groups"]
@@ -79,23 +78,16 @@ def _connected(output: torch.Tensor, params: list[torch.Tensor]) -> list[torch.T
 def default_param_groups(model, guide, *args, **kwargs) -> dict[str, list[torch.Tensor]]:
     """``{"inference": [...], "generative": [...]}``: the guide's own and the model's parameters.
 
-    For a :class:`~pyro_vae.VAE` (``model`` a bound ``vae.model``): ``vae.encoder`` versus
-    ``vae.decoder``, ``vae.prior`` and ``vae.likelihood`` (a VampPrior's use of the encoder counts
-    as inference). For any other pair, by dependence on one traced run: parameters that the
-    guide's densities or samples depend on are "inference"; the rest that the model's log
-    density depends on at fixed latents are "generative".
+    A model object that declares its groups (``model`` a bound method of one with
+    ``param_groups()``, as the built-in models have: the guide's networks versus the rest; a
+    VampPrior's use of the encoder counts as inference) gives them. For any other pair, by
+    dependence on one traced run: parameters that the guide's densities or samples depend on are
+    "inference"; the rest that the model's log density depends on at fixed latents are
+    "generative".
     """
-    owner = getattr(model, "__self__", None)
-    if isinstance(owner, VAE):
-        inference = _unique(owner.encoder.parameters())
-        taken = {id(p) for p in inference}
-        generative = [
-            p
-            for m in (owner.decoder, owner.prior, owner.likelihood)
-            for p in _unique(m.parameters())
-            if id(p) not in taken
-        ]
-        return {"inference": inference, "generative": _unique(generative)}
+    declared = getattr(getattr(model, "__self__", None), "param_groups", None)
+    if callable(declared):
+        return declared()
 
     lw = log_weights(model, guide, *args, **kwargs)
     model_trace, guide_trace = lw.traces

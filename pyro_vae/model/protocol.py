@@ -5,10 +5,12 @@ The protocol of a model object is two Pyro programs on an ``nn.Module``::
     model(x, num_data=None)    # p(x, z): per-datapoint sites in pyro.plate("data", dim=-1)
     guide(x, num_data=None)    # q(z | x): the same plate, scaled by num_data / len(x) when given
 
-:func:`~pyro_vae.log_weights`, :func:`~pyro_vae.log_likelihood`, the estimators and
-:func:`~pyro_vae.gradient_snr` need only these. :func:`~pyro_vae.train`, :func:`~pyro_vae.evaluate`
-and checkpoints today also use what the built-in :class:`~pyro_vae.VAE` has (``check_data``,
-``config``, ``posterior_mean``).
+:func:`~pyro_vae.log_weights`, :func:`~pyro_vae.log_likelihood`, the estimators,
+:func:`~pyro_vae.gradient_snr`, :func:`~pyro_vae.train`, :func:`~pyro_vae.evaluate` and
+checkpoints need only these. What the built-in models have besides is used where present, never
+required: ``check_data(x, what)`` (the data check; else shape and finiteness), ``config`` (a
+:class:`~pyro_vae.ModelConfig`, recorded in checkpoints so :func:`~pyro_vae.load_model` rebuilds
+the model; else pass ``model=``), and ``log_weights`` below.
 
 Optionally it computes the log weights of those programs itself, in plain torch and on the same
 random draws as the Pyro program (this is the training fast path)::

@@ -41,6 +41,7 @@ class TwoLayerVAE(VAE):
 
     _latent_sites = ("z1", "z2")
     _unused_config = ()
+    _guide_modules = ("encoder", "q_z2")
 
     def __init__(
         self,

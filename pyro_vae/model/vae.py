@@ -458,6 +458,18 @@ class VAE(nn.Module):
             return -0.5 * z.pow(2).sum(-1) - z.shape[-1] * _HALF_LOG_2PI
         return self.prior().log_prob(z)
 
+    #: the submodules of q (the rest are the model's)
+    _guide_modules: tuple[str, ...] = ("encoder",)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``{"inference": q's parameters, "generative": the rest}`` (for the gradient SNR)."""
+        inference = [p for name in self._guide_modules for p in getattr(self, name).parameters()]
+        taken = {id(p) for p in inference}
+        return {
+            "inference": inference,
+            "generative": [p for p in self.parameters() if id(p) not in taken],
+        }
+
     # -- conveniences -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> dist.Distribution:
         """q(z | x) for ``x [B, x_dim]``: batch ``[B]``, event ``[z_dim]``."""

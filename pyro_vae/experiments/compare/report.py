@@ -94,14 +94,22 @@ def format_markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _architecture(m) -> str:
+    """``784-400-20 VAE (mlp)`` or ``784-200-200-100-100-100-50 two-layer VAE (conv)``."""
+    sizes = [m.x_dim, *m.hidden_dims, m.z_dim]
+    if m.latent_layers == 2:
+        sizes += [*m.hidden2_dims, m.z2_dim]
+    kind = "two-layer VAE" if m.latent_layers == 2 else "VAE"
+    return f"{'-'.join(map(str, sizes))} {kind} ({m.encoder} encoder, {m.decoder} decoder)"
+
+
 def _setup_line(config: CompareConfig, info: dict[str, Any]) -> str:
     seeds = ", ".join(str(s) for s in config.seeds)
     m = config.model
     schedule = f" ({config.lr_schedule} schedule)" if config.lr_schedule else ""
     return (
         f"{info['train_size']:,} training and {info['test_size']:,} test images "
-        f"(test set binarized once, fixed seed), {m.x_dim}-"
-        f"{'-'.join(str(h) for h in m.hidden_dims)}-{m.z_dim} VAE ({m.activation}, "
+        f"(test set binarized once, fixed seed), {_architecture(m)} ({m.activation}, "
         f"{m.likelihood} likelihood, {m.prior} prior, {m.guide} guide), Adam lr {config.lr:g}"
         f"{schedule}, batch {config.batch_size}; equal budget: **{config.budget}**; "
         f"seeds {seeds}; device {info['device']}."
