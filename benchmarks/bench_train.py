@@ -66,7 +66,7 @@ ESTIMATORS = {  # label -> (make_elbo name, K, reference loss)
 # -- the library's step, and variants of it -------------------------------------------------------
 class ProgramVAE(VAE):
     """The VAE without its own log weights: TrainingLoss then runs the Pyro program on every step
-    (with Pyro's validation on every 50th step only), as for a user's subclass that changes
+    (with Pyro's validation on every 200th step only), as for a user's subclass that changes
     model or guide."""
 
     log_weights = None
@@ -89,9 +89,9 @@ def library_step(vae, elbo, **kwargs):
 VARIANTS = {
     # name: description; make_variant builds each (None where it does not apply)
     "stock": "the library as train() runs it: TrainingLoss(vae, elbo), i.e. the Pyro program, "
-    "validated, on every 50th step and the VAE's own plain-torch log weights in between",
+    "validated, on every 200th step and the VAE's own plain-torch log weights in between",
     "pyro-program": "the Pyro program (elbo.differentiable_loss) on every step, validated every "
-    "50th: a VAE subclass with log_weights = None",
+    "200th: a VAE subclass with log_weights = None",
     "pyro-validated": "TrainingLoss(..., fast_path=False), i.e. TrainConfig(fast_path=False): "
     "the Pyro program, validated, on every step",
     "jit": "make_elbo(..., jit=True): Pyro's JitTrace(MeanField)_ELBO, the program on every step "

@@ -15,7 +15,7 @@ Sections (``--only`` picks some):
   stock step with library changes simulated here by subclasses (no library file is changed):
   ``lean log_weights`` (``VAE.log_weights`` for the default VAE written in closed form, without
   distribution objects) and ``no validated steps`` (TrainingLoss without the validated Pyro
-  step every 50th: the most that validating less often can save).
+  step every ``VALIDATE_EVERY``-th: the most that validating less often can save).
 * ``eval``: the aten operators of ``log_likelihood`` (K = 1000 on 50 images) and of the
   reference on the same shapes, under torch.profiler.
 

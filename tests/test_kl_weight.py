@@ -130,3 +130,25 @@ def test_kl_weight_settings_are_checked():
     for field in ("beta", "kl_warmup", "free_bits"):
         with pytest.raises(ValueError, match=f"TrainConfig.{field} is out of range"):
             pv.TrainConfig(**{field: -1})
+
+
+@pytest.mark.parametrize("estimator", ["score", "dreg"])
+def test_estimators_whose_gradient_assumes_beta_one_refuse_kl_weighting(estimator):
+    with pytest.raises(ValueError, match="derived for beta = 1"):
+        TrainingLoss(pv.VAE(12, 4, (16,)), pv.make_elbo(estimator, 2), kl_weight=KLWeight(0.5))
+
+
+def test_a_checkpoint_from_before_kl_weighting_resumes(tmp_path):
+    """Training settings a checkpoint predates are read with today's defaults."""
+    torch.manual_seed(0)
+    vae = pv.VAE(12, 4, (16,))
+    pv.train(vae, _data(), config=_cfg(epochs=1), out_dir=tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    for field in ("beta", "kl_warmup", "free_bits"):
+        del ckpt["train_config"][field]
+    del ckpt["training_step"]
+    ckpt["sha256"] = pv.training.checkpoint.digest(ckpt)
+    torch.save(ckpt, path)
+    res = pv.train(vae, _data(), config=_cfg(epochs=2), out_dir=tmp_path, resume=True)
+    assert [r["epoch"] for r in res.history] == [1, 2]

@@ -111,3 +111,22 @@ def test_the_vamp_prior_works_with_a_user_guide():
     vae = pv.VAE(6, 3, prior="vamp", guide=Plain(), num_components=4)
     x = torch.bernoulli(torch.rand(5, 6))
     assert torch.isfinite(pv.log_likelihood(vae.model, vae.guide, x, num_samples=3)).all()
+
+
+def test_net_names_are_canonical_and_conv_needs_a_dense_size():
+    vae = pv.VAE(64, 3, (16,), net="Conv", image_shape=(8, 8), conv_channels=(2, 4))
+    assert (vae.config.encoder, vae.config.decoder) == ("conv", "conv")
+    with pytest.raises(ValueError, match="unknown net 'cnn'; valid nets are: conv, mlp"):
+        pv.VAE(64, 3, net="cnn")
+    with pytest.raises(ValueError, match="give hidden_dims at least one size"):
+        pv.VAE(64, 3, (), net="conv", image_shape=(8, 8))
+
+
+def test_a_subclass_checkpoint_is_not_rebuilt_as_its_base_class(tmp_path):
+    class Tempered(pv.VAE):
+        pass
+
+    pv.save_checkpoint(tmp_path / "c.pt", Tempered(6, 3, (8,)))
+    with pytest.raises(pv.CheckpointError, match="holds a Tempered"):
+        pv.load_model(tmp_path / "c.pt")
+    assert type(pv.load_model(tmp_path / "c.pt", model=Tempered(6, 3, (8,)))) is Tempered

@@ -385,7 +385,7 @@ def summary(results: dict, out: Path) -> str:
         f"test log-likelihood  {results['test_log_likelihood']:.2f} +/- {1.96 * se:.2f} nats "
         f"(K={results['eval_samples']} importance samples, 95% CI over images)",
         f"test ELBO            {results['test_elbo']:.2f} nats",
-        f"KL(q(z|x) || p(z))   {results['kl']:.2f} nats, active units {_units(results)}",
+        f"KL(q || prior)       {results['kl']:.2f} nats, active units {_units(results)}",
         f"written to           {out}/ ({RESULTS_NAME}, metrics.jsonl, checkpoint.pt"
         f"{', figures' if results.get('figures') else ''})",
     ]

@@ -149,14 +149,6 @@ def check_model_data(module, data: torch.Tensor, what: str = "data") -> None:
         check_data_shape(data, None, what)
 
 
-def _last_latent(guide_trace) -> set[str]:
-    # A site's closed-form KL(q || p) is E_q[log q - log p] only if everything its q and p
-    # condition on is drawn before it in the guide: true of the guide's last latent site.
-    # (Earlier sites' priors may depend on later draws, e.g. p(z1 | z2) with z2 ~ q(z2 | z1).)
-    sites = latent_sites(guide_trace)
-    return {sites[-1]["name"]} if sites else set()
-
-
 def _site_means(guide_trace) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per latent site ``(mean [B, d], noise [B, d])``: E_q[z | x] estimated by averaging the
     site's conditional mean over the K draws (its draws where it has no mean, e.g. a flow),
@@ -188,13 +180,21 @@ class PerDatapoint(NamedTuple):
     kl_monte_carlo: tuple[str, ...]
 
 
+def _has_mean(site: dict) -> bool:
+    try:
+        return site["fn"].mean is not None
+    except NotImplementedError:
+        return False
+
+
 def _kl_and_means(module, x: torch.Tensor, num_samples: int):
+    # Closed forms where exact (see log_weights); one draw is enough when every site has one
+    # and an exact mean, else Monte Carlo over num_samples draws.
     lw = log_weights(module.model, module.guide, x, num_samples=1, analytic_kl=True)
-    guide_trace = lw.traces[1]
-    names = [s["name"] for s in latent_sites(guide_trace)]
-    closed = set(lw.analytic) & _last_latent(guide_trace)
-    if closed != set(names):  # some sites need Monte Carlo
-        lw = log_weights(module.model, module.guide, x, num_samples=num_samples, analytic_kl=closed)
+    sites = latent_sites(lw.traces[1])
+    names, closed = [s["name"] for s in sites], set(lw.analytic)
+    if closed != set(names) or not all(_has_mean(s) for s in sites):
+        lw = log_weights(module.model, module.guide, x, num_samples=num_samples, analytic_kl=True)
     kl = lw.kl if lw.kl is not None else torch.zeros_like(lw.log_q)
     kl = (kl + lw.log_q - (lw.log_p - lw.log_lik)).mean(0)
     return kl, _site_means(lw.traces[1]), names, closed
@@ -207,7 +207,8 @@ def kl_to_prior(
     """E_q[log q(z | x_n) - log p(z)] per datapoint ``[N]``, summed over every latent site of the
     model's own program under its own prior (e.g. p(z1 | z2) in a hierarchy): the closed form
     where Pyro registers one and it is exact (the guide's last latent site), a Monte Carlo
-    estimate with ``num_samples`` draws for the other sites. In batches of bounded size."""
+    estimate with ``num_samples`` draws for the other sites. In batches of bounded size. (Each
+    call also runs a one-sample log-likelihood pass; :func:`per_datapoint` gives both.)"""
     return per_datapoint(vae, data, 1, kl_samples=num_samples, max_elements=max_elements).kl
 
 
@@ -300,7 +301,7 @@ def evaluate(
     batch_size: int | None = None,
     seed: int | None = 0,
 ) -> dict:
-    """Mean per-datapoint metrics on ``data [N, ...]`` in nats, for any model object with
+    """Mean per-datapoint metrics on ``data [N, D]`` in nats, for any model object with
     ``model``/``guide``: ``log_likelihood`` (K-sample), its standard error over datapoints and the
     mean Monte Carlo error, ``elbo``, ``kl`` (all latent sites, under the model's own prior;
     ``kl_closed_form``/``kl_monte_carlo`` name the sites computed each way), ``active_units``

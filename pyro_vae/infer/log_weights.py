@@ -159,9 +159,12 @@ def log_weights(
             (the guide replayed there, so log q is a function of z whatever the guide is, flows
             and dependent latents included), as the path-derivative estimators (STL, DReG)
             need; ``latents`` keep the draws with their path to the guide's parameters.
-        analytic_kl: for each latent site whose KL(q || p) Pyro registers, take it out of
-            ``log_p`` and ``log_q`` and return it in ``kl`` (as ``TraceMeanField_ELBO`` does);
-            a collection of site names limits this to those sites.
+        analytic_kl: take the closed-form KL(q || p) of a latent site out of ``log_p`` and
+            ``log_q`` and return it in ``kl`` (as ``TraceMeanField_ELBO`` does), where Pyro
+            registers one *and* it is exact: for the guide's last latent site. (An earlier
+            site's closed form would hold fixed what later draws depend on: KL(q(z1 | x) ||
+            p(z1 | z2)) with z2 ~ q(z2 | z1) is not E_q[log q(z1 | x) - log p(z1 | z2)].) A
+            collection of site names asks for exactly those sites, on the caller's word.
     Returns:
         :class:`LogWeights` with ``log_p``, ``log_q`` (and ``kl``) of shape ``[K, B]``
         (``[K, 1]`` for a model without a data plate); gradients flow through reparameterized
@@ -186,11 +189,13 @@ def log_weights(
     log_p = log_q = kl = log_lik = None
     analytic: set[str] = set()
     site_kl: dict[str, torch.Tensor] = {}
+    if analytic_kl is True:
+        sites = latent_sites(guide_trace)
+        analytic_kl = {sites[-1]["name"]} if sites else set()
     for name, site in guide_trace.nodes.items():
         if not _is_latent(site):
             continue
-        wanted = analytic_kl is True or (not isinstance(analytic_kl, bool) and name in analytic_kl)
-        if wanted and name in model_trace.nodes:
+        if analytic_kl and name in analytic_kl and name in model_trace.nodes:
             closed = _analytic_kl(site, model_trace.nodes[name])
             if closed is not None:
                 site_kl[name] = _reduce(site, closed, num_dims)

@@ -70,6 +70,11 @@ class LogWeights(NamedTuple):
     def tempered(self, beta: float) -> LogWeights:
         """The log weights of ``log p(x | z) + beta * (log p(z) - log q(z | x))`` (KL weighted by
         ``beta``, Higgins et al. 2017): the likelihood kept, the prior, q and KL scaled."""
+        if self.log_lik is None:
+            raise ValueError(
+                "KL weighting needs log_lik (the observed sites' part of log_p) in the log "
+                "weights; a model's own log_weights must fill it in"
+            )
         prior = self.log_p - self.log_lik
         return self._replace(
             log_p=self.log_lik + beta * prior,

@@ -60,7 +60,7 @@ class TwoLayerVAE(VAE):
         hidden2_dims: Sequence[int] = (100, 100),
         **nets,
     ) -> None:
-        if prior == "vamp":
+        if isinstance(prior, str) and prior.strip().lower() == "vamp":
             raise ValueError(
                 "the VampPrior mixes the encoder's q(z1 | u), so it is a prior over z1, not over "
                 "the top layer z2 of a TwoLayerVAE; use normal, learned_normal or mixture"
@@ -142,9 +142,7 @@ class TwoLayerVAE(VAE):
         log_q1, log_q2 = _log_normal_in_noise(eps1, s1), _log_normal_in_noise(eps2, s2)
         ploc, pscale = self.p_z1.loc_scale(z2)
         log_p1, log_p2 = _log_normal_in_noise((z1 - ploc) / pscale, pscale), self._log_prior(z2)
-        params = self.decoder(z1)
-        own = getattr(self.likelihood, "log_prob", None)
-        log_lik = own(params, x) if callable(own) else self.likelihood(params).log_prob(x)
+        log_lik = self._log_lik(self.decoder(z1), x)
         log_p = log_lik + log_p1 + log_p2
         site_kl = {"z1": log_q1 - log_p1, "z2": log_q2 - log_p2}
         return LogWeights(

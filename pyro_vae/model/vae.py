@@ -122,6 +122,12 @@ def _name_or_custom(obj) -> str:
     return obj if isinstance(obj, str) else f"custom:{type(obj).__name__}"
 
 
+def _net_name(net):
+    """A built-in network's name in its canonical spelling (``"Conv"`` -> ``"conv"``); a module
+    as it is."""
+    return lookup("net", net, {n: n for n in NETS}) if isinstance(net, str) else net
+
+
 def _image_shape(image_shape, x_dim: int, encoder, decoder) -> tuple[int, ...]:
     if not image_shape:
         if "conv" in (encoder, decoder):
@@ -131,6 +137,14 @@ def _image_shape(image_shape, x_dim: int, encoder, decoder) -> tuple[int, ...]:
             )
         return ()
     return check_image_shape(image_shape, int(x_dim))
+
+
+def _check_conv_sizes(hidden_dims: tuple, encoder, decoder) -> None:
+    if "conv" in (encoder, decoder) and not hidden_dims:
+        raise ValueError(
+            "the conv nets' dense layer has hidden_dims[-1] units: give hidden_dims at least "
+            "one size, e.g. hidden_dims=(256,)"
+        )
 
 
 class VAE(nn.Module):
@@ -183,8 +197,9 @@ class VAE(nn.Module):
         conv_channels: Sequence[int] = (32, 64),
     ) -> None:
         super().__init__()
-        encoder = net if encoder is None else encoder
-        decoder = net if decoder is None else decoder
+        net = _net_name(net)
+        encoder = net if encoder is None else _net_name(encoder)
+        decoder = net if decoder is None else _net_name(decoder)
         if not isinstance(guide, str) and encoder != net:
             raise ValueError(
                 "pass either a whole guide or an encoder trunk, not both: a user-written guide "
@@ -208,6 +223,7 @@ class VAE(nn.Module):
             **self._top_config(),
         )
         cfg = self.config
+        _check_conv_sizes(cfg.hidden_dims, encoder, decoder)
         self.likelihood = (
             make_likelihood(likelihood, x_dim, likelihood_scale)
             if isinstance(likelihood, str)
@@ -257,8 +273,7 @@ class VAE(nn.Module):
         c = self.config
         if not isinstance(encoder, str):
             return encoder
-        name = lookup("net", encoder, {n: n for n in NETS})
-        if name == "mlp":
+        if encoder == "mlp":
             return None
         return ConvEncoder(c.image_shape, c.conv_channels, c.hidden_dims[-1], c.activation)
 
@@ -267,7 +282,7 @@ class VAE(nn.Module):
         num_params = getattr(self.likelihood, "num_params", 1)
         if not isinstance(decoder, str):
             return decoder
-        if lookup("net", decoder, {n: n for n in NETS}) == "mlp":
+        if decoder == "mlp":
             return MLP(c.z_dim, tuple(reversed(c.hidden_dims)), num_params * c.x_dim, c.activation)
         channels = tuple(reversed(c.conv_channels))
         return ConvDecoder(
@@ -407,8 +422,7 @@ class VAE(nn.Module):
         # One particle: the decoder sees [B, z_dim], a view of z, so gradients still reach z
         # (where DReG's hook sits) while the networks skip the leading dimension of 1.
         params = self.decoder(z[0] if num_samples == 1 else z)
-        own = getattr(self.likelihood, "log_prob", None)  # Likelihood's, without a distribution
-        log_lik = own(params, x) if callable(own) else self.likelihood(params).log_prob(x)
+        log_lik = self._log_lik(params, x)
         log_lik = log_lik.unsqueeze(0) if num_samples == 1 else log_lik  # [K, B]
         kl = self._analytic_kl(q, gaussian) if analytic_kl else None
         if kl is not None:
@@ -420,6 +434,12 @@ class VAE(nn.Module):
         analytic = ("z",) if kl is not None else ()
         site_kl = {"z": kl if kl is not None else log_q - (log_p - log_lik)}
         return LogWeights(log_p, log_q, kl, scale, (z,), None, log_lik, analytic, (), site_kl)
+
+    def _log_lik(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | params) ``[...]``: the likelihood's own ``log_prob(params, x)`` (no
+        distribution object) where it has one, as a :class:`Likelihood` does."""
+        own = getattr(self.likelihood, "log_prob", None)
+        return own(params, x) if callable(own) else self.likelihood(params).log_prob(x)
 
     def _posterior(self, x: torch.Tensor):
         """``(q, (loc, scale))`` for a diagonal-Normal guide (``q`` None when its ``loc_scale``

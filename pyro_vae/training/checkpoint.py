@@ -295,6 +295,13 @@ def load_model(
                 f"load_model(path, model=MyModel(...))"
             )
         model = build_model(ModelConfig.from_dict(saved), **objects)
+        saved_class = ckpt.get("model_class", type(model).__name__)
+        if saved_class != type(model).__name__:
+            raise CheckpointError(
+                f"{path} holds a {saved_class} (a subclass of {type(model).__name__}?), which "
+                f"its config alone does not rebuild: pass it, load_model(path, "
+                f"model={saved_class}(...))"
+            )
     elif objects:
         raise TypeError(f"pass either model= or the components {sorted(objects)}, not both")
     try:

@@ -9,8 +9,10 @@ with ``beta_t`` = ``beta`` after a linear warm-up from 0 over ``warmup_steps`` s
 al. 2016) and ``KL_g`` = E_q[log q(z_g | x) - log p(z_g | ...)] of latent site g averaged over
 the minibatch, clamped below at ``free_bits`` nats (Kingma et al. 2016; ``lambda`` = 0: no clamp).
 Without free bits, beta tempers the log weights themselves (:meth:`LogWeights.tempered`), so
-every estimator that is a function of log weights accepts it (beta-IWAE included). Because
-the weighting acts on log weights, not through ``poutine.scale``, the warm-up can start at 0.
+the log-weight estimators whose gradients stay unbiased for tempered weights accept it: trace,
+meanfield, iwae (beta-IWAE), stl, renyi, tail_adaptive (not score or dreg, whose gradient
+identities assume beta = 1; free bits: trace and meanfield). Because the weighting acts on log
+weights, not through ``poutine.scale``, the warm-up can start at 0.
 """
 
 from __future__ import annotations

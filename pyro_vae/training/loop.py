@@ -303,10 +303,11 @@ def _check_model(ckpt_path, ckpt: dict, module) -> None:
     """Refuse to resume with another model: another class, or another :class:`ModelConfig`
     (an older checkpoint's config read with today's defaults for fields it predates)."""
     saved, current = ckpt.get("model_config"), model_config(module)
-    saved_class = ckpt.get("model_class", "VAE")
-    if saved is None or current is None:
-        same = saved is None and current is None and saved_class == type(module).__name__
-        diff = {} if same else {"model class": [saved_class, type(module).__name__]}
+    saved_class = ckpt.get("model_class", type(module).__name__)  # older ones lack it
+    if saved_class != type(module).__name__ or (saved is None) != (current is None):
+        diff = {"model class": [saved_class, type(module).__name__]}
+    elif saved is None:
+        diff = {}
     else:
         diff = _differences(ModelConfig.from_dict(saved).to_dict(), current.to_dict())
     if diff:
@@ -321,7 +322,8 @@ def _check_train_config(ckpt_path, saved: dict | None, config, override) -> dict
     """The training settings that change on this resume; refuses changes not allowed."""
     if saved is None:
         return {}
-    diff = _differences(saved, config.to_dict())
+    # An older checkpoint's settings read with today's defaults for the fields it predates.
+    diff = _differences(TrainConfig.from_dict(saved).to_dict(), config.to_dict())
     refused = {k: v for k, v in diff.items() if k not in RESUMABLE_CHANGES and k not in override}
     if refused:
         listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())

@@ -30,7 +30,7 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch import nn
 
 from .._device import fork_rng
-from ..infer.estimators import LogWeightsELBO, TraceELBO
+from ..infer.estimators import DReG_ELBO, LogWeightsELBO, Score_ELBO, TraceELBO
 from .kl_weight import KLWeight
 
 __all__ = ["TrainingLoss", "VALIDATE_EVERY"]
@@ -92,10 +92,12 @@ class TrainingLoss(nn.Module):
         with pyro.validation_enabled(False):
             if self.uses_model_log_weights and not am_i_wrapped():
                 try:
-                    return self._own(x, num_data, step)
+                    lw = self.module.log_weights(x, num_data, **self.elbo.request())
                 except ValueError:
                     # Raised before any draw (see VAE.log_weights): the program takes over.
                     self.uses_model_log_weights = False
+                else:
+                    return self._objective(lw, step)
             return self._program(x, num_data, step)
 
     def _program(self, x, num_data, step: int) -> torch.Tensor:
@@ -148,10 +150,20 @@ def _check_kl_weight(kl_weight: KLWeight | None, elbo) -> None:
     if kl_weight is None:
         return
     if not isinstance(elbo, LogWeightsELBO):
+        name = type(elbo).__name__
+        jit = " (drop --jit / jit=True: the JIT ELBOs are Pyro's own)" if "Jit" in name else ""
         raise ValueError(
             f"KL weighting (beta, kl_warmup, free_bits) acts on log weights, which "
-            f"{type(elbo).__name__} does not use; pick one of pyro_vae.estimators' log-weight "
-            f"estimators (trace, meanfield, iwae, stl, dreg, renyi, ...)"
+            f"{type(elbo).__name__} does not use{jit}; pick one of trace, meanfield, iwae, stl, "
+            f"renyi, tail_adaptive"
+        )
+    if isinstance(elbo, Score_ELBO | DReG_ELBO):
+        # Tempering log q scales score's score term by beta, and DReG's identity (the w~^2
+        # weights) holds for beta = 1 only: both would give biased gradients.
+        raise ValueError(
+            f"KL weighting is not available for {type(elbo).__name__}: its gradient estimator "
+            f"is derived for beta = 1 (score's score term and DReG's w~^2 weights would be "
+            f"biased); use trace, meanfield, iwae, stl, renyi or tail_adaptive"
         )
     if kl_weight.free_bits and not isinstance(elbo, TraceELBO):
         raise ValueError(

@@ -123,8 +123,9 @@ def _table_notes(rows: Sequence[dict[str, Any]], config: CompareConfig) -> str:
         "same evaluation for every estimator whatever K it trained with. Δ: the paired "
         f"difference against {rows[0]['delta_baseline']} at the same seed (same initial weights "
         "and minibatch order), mean ± std over seeds. Test ELBO: the single-sample ELBO "
-        "(the mean of log w over the evaluation's draws); KL: KL(q(z|x) || p(z)); active units: "
-        "latent dimensions with Cov_x E_q[z_u] > 0.01. s / epoch: training time only (this "
+        "(the mean of log w over the evaluation's draws); KL: E_q[log q(z|x) - log p(z)] over "
+        "every latent site under the model's own prior; active units: latent dimensions (of "
+        "every site) with Cov_x E_q[z_u] > 0.01. s / epoch: training time only (this "
         "machine, under its load at the time)."
     )
 
