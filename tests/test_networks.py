@@ -130,3 +130,34 @@ def test_a_subclass_checkpoint_is_not_rebuilt_as_its_base_class(tmp_path):
     with pytest.raises(pv.CheckpointError, match="holds a Tempered"):
         pv.load_model(tmp_path / "c.pt")
     assert type(pv.load_model(tmp_path / "c.pt", model=Tempered(6, 3, (8,)))) is Tempered
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("guide", ["normal", "iaf"])
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+def test_every_built_in_combination_resumes_and_round_trips(net, guide, layers, tmp_path):
+    config = pv.ModelConfig(
+        16, 3, (8,), guide=guide, encoder=net, decoder=net, image_shape=(1, 4, 4),
+        conv_channels=(2, 4), latent_layers=layers, z2_dim=2, hidden2_dims=(4,),
+    )  # fmt: skip
+    x = torch.bernoulli(torch.rand(48, 16, generator=torch.Generator().manual_seed(0)))
+    cfg = pv.TrainConfig(epochs=2, batch_size=16, eval_every=0, progress=False)
+
+    def run(epochs, out, resume=False):
+        torch.manual_seed(0)
+        model = pv.build_model(config)
+        again = pv.TrainConfig(**{**cfg.to_dict(), "epochs": epochs})
+        res = pv.train(model, x, config=again, out_dir=out, resume=resume)
+        return model, [r["train_elbo"] for r in res.history]
+
+    whole, full = run(2, tmp_path / "a")
+    run(1, tmp_path / "b")
+    resumed, again = run(2, tmp_path / "b", resume=True)
+    assert again == full
+    loaded = pv.load_model(tmp_path / "b")
+    assert type(loaded) is type(whole) and loaded.config == whole.config
+    lls = []
+    for m in (whole, resumed, loaded):
+        torch.manual_seed(3)
+        lls.append(pv.log_likelihood(m.model, m.guide, x[:8], num_samples=4))
+    assert torch.equal(lls[0], lls[1]) and torch.equal(lls[0], lls[2])

@@ -186,6 +186,36 @@ def log_weights(
     replayed = poutine.replay(_in_particle_plate(model, num_samples, dim), trace=guide_trace)
     model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     scale = _check_per_datapoint(model_trace, guide_trace)
+    log_p, log_q, kl, log_lik, analytic, site_kl = _sum_sites(
+        model_trace, guide_trace, analytic_kl, num_dims
+    )
+    if log_p is None and not analytic:
+        raise ValueError("the model has no sample sites")
+    present = [v for v in (log_p, log_q, kl) if v is not None]
+    shape = (num_samples, torch.broadcast_shapes(*(v.shape for v in present))[-1])
+    zeros = present[0].new_zeros(shape)  # on the data's device and in its dtype
+    log_p, log_q, log_lik = (zeros if v is None else v for v in (log_p, log_q, log_lik))
+    return LogWeights(
+        log_p=log_p.expand(shape),
+        log_q=log_q.expand(shape),
+        kl=kl.expand(shape) if analytic else None,
+        scale=scale,
+        latents=latents,
+        traces=(model_trace, guide_trace),
+        log_lik=log_lik.expand(shape),
+        analytic=tuple(sorted(analytic)),
+        leaves=leaves,
+        site_kl={k: v.expand(shape) for k, v in site_kl.items()},
+    )
+
+
+def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
+    return term if total is None else total + term
+
+
+def _sum_sites(model_trace, guide_trace, analytic_kl, num_dims: int):
+    """Per-datapoint sums over sites: ``(log_p, log_q, kl, log_lik, analytic sites, site_kl)``,
+    each sum ``[K or 1, B or 1]`` or None where no site contributes."""
     log_p = log_q = kl = log_lik = None
     analytic: set[str] = set()
     site_kl: dict[str, torch.Tensor] = {}
@@ -213,25 +243,4 @@ def log_weights(
                 log_lik = _add(log_lik, lp)
             elif name in site_kl:
                 site_kl[name] = site_kl[name] - lp
-    if log_p is None and not analytic:
-        raise ValueError("the model has no sample sites")
-    present = [v for v in (log_p, log_q, kl) if v is not None]
-    shape = (num_samples, torch.broadcast_shapes(*(v.shape for v in present))[-1])
-    zeros = present[0].new_zeros(shape)  # on the data's device and in its dtype
-    log_p, log_q, log_lik = (zeros if v is None else v for v in (log_p, log_q, log_lik))
-    return LogWeights(
-        log_p=log_p.expand(shape),
-        log_q=log_q.expand(shape),
-        kl=kl.expand(shape) if analytic else None,
-        scale=scale,
-        latents=latents,
-        traces=(model_trace, guide_trace),
-        log_lik=log_lik.expand(shape),
-        analytic=tuple(sorted(analytic)),
-        leaves=leaves,
-        site_kl={k: v.expand(shape) for k, v in site_kl.items()},
-    )
-
-
-def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
-    return term if total is None else total + term
+    return log_p, log_q, kl, log_lik, analytic, site_kl

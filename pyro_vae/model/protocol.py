@@ -64,7 +64,8 @@ class LogWeights(NamedTuple):
     analytic: tuple[str, ...] = ()
     leaves: tuple[torch.Tensor, ...] = ()
     #: per latent site, its part of ``log_q - (log_p - log_lik)`` (its analytic KL where taken
-    #: out), each ``[K, B]``: what free bits clamp per latent group
+    #: out), each ``[K, B]``: what free bits clamp per latent group; None for one latent site
+    #: (its term is the total, :meth:`kl_terms`)
     site_kl: dict | None = None
 
     def tempered(self, beta: float) -> LogWeights:
@@ -84,6 +85,18 @@ class LogWeights(NamedTuple):
             if self.site_kl is None
             else {k: beta * v for k, v in self.site_kl.items()},
         )
+
+    def kl_terms(self) -> dict:
+        """``{site: [K, B]}``, each latent site's part of ``kl + log_q - (log_p - log_lik)``."""
+        if self.site_kl is not None:
+            return self.site_kl
+        if self.log_lik is None or len(self.latents) != 1:
+            raise ValueError(
+                "per-site KL terms need site_kl (or log_lik and a single latent site) in the "
+                "log weights; a model's own log_weights must fill them in"
+            )
+        total = self.log_q - (self.log_p - self.log_lik)
+        return {"z": total if self.kl is None else total + self.kl}
 
     @property
     def log_w(self) -> torch.Tensor:

@@ -411,29 +411,33 @@ class VAE(nn.Module):
                 f"VAE.log_weights(pathwise=True) has a closed form for a diagonal-Normal guide "
                 f"only, not {type(q).__name__}; the Pyro program handles this guide"
             )
-        eps = None
+        eps, one = None, num_samples == 1
         if gaussian is not None:
             loc, s = gaussian
-            # The very draw torch's Normal.rsample makes; eps gives log q(z) below.
-            eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)
+            # The very draw torch's Normal.rsample makes ([K, B, z_dim]; for one particle the
+            # same numbers as [B, z_dim], on which everything below runs without a leading 1).
+            shape = loc.shape if one else (num_samples, *loc.shape)
+            eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
             z = loc + eps * s
         else:
             z = q.rsample((num_samples,))
-        # One particle: the decoder sees [B, z_dim], a view of z, so gradients still reach z
-        # (where DReG's hook sits) while the networks skip the leading dimension of 1.
-        params = self.decoder(z[0] if num_samples == 1 else z)
-        log_lik = self._log_lik(params, x)
-        log_lik = log_lik.unsqueeze(0) if num_samples == 1 else log_lik  # [K, B]
+            z = z[0] if one else z
+        log_lik = self._log_lik(self.decoder(z), x)  # [K, B], or [B] for one particle
         kl = self._analytic_kl(q, gaussian) if analytic_kl else None
         if kl is not None:
-            kl = kl.expand(log_lik.shape)
-            log_p, log_q = log_lik, torch.zeros_like(log_lik)
+            log_p, log_q = log_lik, log_lik.new_zeros(()).expand(log_lik.shape)
         else:
             log_p = log_lik + self._log_prior(z)
             log_q = _log_q(q, z, gaussian, eps, pathwise)
         analytic = ("z",) if kl is not None else ()
-        site_kl = {"z": kl if kl is not None else log_q - (log_p - log_lik)}
-        return LogWeights(log_p, log_q, kl, scale, (z,), None, log_lik, analytic, (), site_kl)
+        if one:
+            # [1, B]. The latent is a view of the draw: a gradient hook on it (DReG's) does not
+            # fire, which is exact here, DReG's weight being w~ = 1 for one particle.
+            log_p, log_q, log_lik, z = (t.unsqueeze(0) for t in (log_p, log_q, log_lik, z))
+        if kl is not None:
+            kl = kl.expand(log_p.shape)
+        # site_kl None: one latent site, whose KL term free bits take from the totals
+        return LogWeights(log_p, log_q, kl, scale, (z,), None, log_lik, analytic)
 
     def _log_lik(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x | params) ``[...]``: the likelihood's own ``log_prob(params, x)`` (no

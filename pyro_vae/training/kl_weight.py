@@ -47,10 +47,8 @@ class KLWeight:
         beta = self.beta_at(step)
         if self.free_bits == 0.0:
             return elbo.objective(lw.tempered(beta))
-        if lw.site_kl is None:
-            raise ValueError("free bits need the log weights' per-site KL terms (site_kl)")
         batch = lw.log_lik.shape[-1]
         lik = lw.log_lik.mean(0).sum()
         floor = self.free_bits * batch
-        penalty = sum(v.mean(0).sum().clamp(min=floor) for v in lw.site_kl.values())
+        penalty = sum(v.mean(0).sum().clamp(min=floor) for v in lw.kl_terms().values())
         return -lw.scale * (lik - beta * penalty)

@@ -123,13 +123,7 @@ def train(
     run = _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume, set(override))
     history = run["history"]
     plan = _BatchPlan(len(x_train), config.batch_size, procs)
-    loss = TrainingLoss(
-        vae,
-        elbo,
-        fast_path=config.fast_path,
-        first_step=run.get("step", len(history) * plan.num_steps),
-        kl_weight=KLWeight(config.beta, config.kl_warmup * plan.num_steps, config.free_bits),
-    )
+    loss = _training_loss(vae, elbo, config, plan, run.get("step", len(history) * plan.num_steps))
     step = procs.make_step(loss, x_train[:2], config.binarize)
     t_start, evaluation = time.perf_counter(), None
     for epoch in range(len(history) + 1, config.epochs + 1):
@@ -145,6 +139,18 @@ def train(
             for cb in callbacks:
                 cb(history[-1])
     return TrainResult(history, ckpt_path, time.perf_counter() - t_start, evaluation)
+
+
+def _training_loss(vae, elbo, config: TrainConfig, plan, first_step: int) -> TrainingLoss:
+    """The loss of every step, from global step ``first_step`` (where a resumed run stands)."""
+    warmup_steps = config.kl_warmup * plan.num_steps
+    return TrainingLoss(
+        vae,
+        elbo,
+        fast_path=config.fast_path,
+        first_step=first_step,
+        kl_weight=KLWeight(config.beta, warmup_steps, config.free_bits),
+    )
 
 
 class _BatchPlan:
