@@ -367,6 +367,13 @@ class STL_ELBO(_PathwiseELBO):
         k = torch.full_like(log_w, 1.0 / log_w.shape[0])
         return k, k
 
+    def objective(self, lw: LogWeights) -> torch.Tensor:
+        if lw.leaves:
+            return super().objective(lw)
+        # The closed form (log q at fixed guide parameters): with uniform coefficients the
+        # surrogate is the bound itself, its value and its gradient.
+        return -lw.scale * self.bound(lw.log_w).sum()
+
 
 class DReG_ELBO(_PathwiseELBO):
     """The IWAE bound with the doubly reparameterized gradient (Tucker et al. 2019)::

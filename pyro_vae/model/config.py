@@ -102,7 +102,9 @@ class ModelConfig(JsonConfig):
     """Everything needed to rebuild a :class:`~pyro_vae.VAE`'s architecture.
 
     ``prior``, ``likelihood`` and ``guide`` are registry names; a user-written object is recorded
-    as ``"custom:<ClassName>"`` and must be passed again when the model is loaded.
+    as ``"custom:<ClassName>"`` and must be passed again when the model is loaded. The defaults
+    are the one-layer VAE's; with ``latent_layers=2`` give the sizes (``TwoLayerVAE(784)`` and
+    ``--latent-layers 2`` default to Burda et al.'s 100/(200, 200)/tanh, a bare config does not).
     """
 
     x_dim: int
