@@ -58,7 +58,10 @@ def test_a_closed_form_kl_is_used_only_where_it_is_exact():
         got = kl_to_prior(m, x, num_samples=10000).mean()
         mc = log_weights(m.model, m.guide, x, num_samples=20000)
         reference = (mc.log_q - (mc.log_p - mc.log_lik)).mean()  # standard error about 0.007
-        naive = log_weights(m.model, m.guide, x, num_samples=2000, analytic_kl=True).kl.mean()
+        everywhere = log_weights(m.model, m.guide, x, num_samples=2000, analytic_kl={"z1", "z2"})
+        default = log_weights(m.model, m.guide, x, num_samples=1, analytic_kl=True)
+    assert everywhere.analytic == ("z1", "z2") and default.analytic == ("z2",)
+    naive = everywhere.kl.mean()  # every site in closed form: nothing left in log_q
     assert result["kl_closed_form"] == ["z2"] and result["kl_monte_carlo"] == ["z1"]
     assert float(got) == pytest.approx(float(reference), abs=0.04)
     assert abs(float(naive) - float(reference)) > 0.15
