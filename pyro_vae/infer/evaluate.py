@@ -180,6 +180,11 @@ class PerDatapoint(NamedTuple):
     kl_monte_carlo: tuple[str, ...]
 
 
+#: Monte Carlo draws per datapoint for the latent sites without an exact closed-form KL (and
+#: the posterior means of sites without an exact mean)
+KL_SAMPLES = 100
+
+
 def _has_mean(site: dict) -> bool:
     try:
         return site["fn"].mean is not None
@@ -202,14 +207,38 @@ def _kl_and_means(module, x: torch.Tensor, num_samples: int):
 
 @torch.no_grad()
 def kl_to_prior(
-    vae, data: torch.Tensor, num_samples: int = 100, *, max_elements: int = DEFAULT_MAX_ELEMENTS
+    vae,
+    data: torch.Tensor,
+    num_samples: int = KL_SAMPLES,
+    *,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> torch.Tensor:
     """E_q[log q(z | x_n) - log p(z)] per datapoint ``[N]``, summed over every latent site of the
     model's own program under its own prior (e.g. p(z1 | z2) in a hierarchy): the closed form
     where Pyro registers one and it is exact (the guide's last latent site), a Monte Carlo
-    estimate with ``num_samples`` draws for the other sites. In batches of bounded size. (Each
-    call also runs a one-sample log-likelihood pass; :func:`per_datapoint` gives both.)"""
-    return per_datapoint(vae, data, 1, kl_samples=num_samples, max_elements=max_elements).kl
+    estimate with ``num_samples`` draws for the other sites. In batches of bounded size."""
+    return _posterior_terms(vae, data, num_samples, max_elements)[0]
+
+
+def _posterior_terms(module, data: torch.Tensor, kl_samples: int, max_elements: int) -> tuple:
+    """``(kl [N], means, noise, closed-form sites, Monte Carlo sites)`` of :class:`PerDatapoint`,
+    in batches that keep one ``[kl_samples, batch, D]`` tensor under ``max_elements``."""
+    n, d = len(data), max(1, data[0].numel())
+    batch = max(1, min(n, max_elements // (d * kl_samples)))
+    kls, means, noise, names, closed = [], {}, {}, [], set()
+    for start, b in _chunks(n, batch):
+        kl, site_means, names, closed = _kl_and_means(module, data[start : start + b], kl_samples)
+        kls.append(kl)
+        for name, (m, v) in site_means.items():
+            means.setdefault(name, []).append(m)
+            noise.setdefault(name, []).append(v)
+    return (
+        torch.cat(kls),
+        {k: torch.cat(v) for k, v in means.items()},
+        {k: torch.cat(v) for k, v in noise.items()},
+        tuple(n_ for n_ in names if n_ in closed),
+        tuple(n_ for n_ in names if n_ not in closed),
+    )
 
 
 @torch.no_grad()
@@ -219,7 +248,7 @@ def per_datapoint(
     num_samples: int = 1000,
     *,
     batch_size: int | None = None,
-    kl_samples: int = 100,
+    kl_samples: int = KL_SAMPLES,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> PerDatapoint:
     """The per-datapoint numbers behind :func:`evaluate` (and its sharded form) for any model
@@ -234,23 +263,7 @@ def per_datapoint(
         check_data=False,
         max_elements=max_elements,
     )
-    n, d = len(data), max(1, data[0].numel())
-    batch = max(1, min(n, max_elements // (d * kl_samples)))
-    kls, means, noise, names, closed = [], {}, {}, [], set()
-    for start, b in _chunks(n, batch):
-        kl, site_means, names, closed = _kl_and_means(module, data[start : start + b], kl_samples)
-        kls.append(kl)
-        for name, (m, v) in site_means.items():
-            means.setdefault(name, []).append(m)
-            noise.setdefault(name, []).append(v)
-    return PerDatapoint(
-        stats,
-        torch.cat(kls),
-        {k: torch.cat(v) for k, v in means.items()},
-        {k: torch.cat(v) for k, v in noise.items()},
-        tuple(n_ for n_ in names if n_ in closed),
-        tuple(n_ for n_ in names if n_ not in closed),
-    )
+    return PerDatapoint(stats, *_posterior_terms(module, data, kl_samples, max_elements))
 
 
 ACTIVE_UNIT_THRESHOLD = 1e-2
@@ -267,8 +280,8 @@ def active_units(
 ) -> dict[str, int]:
     """Active units per latent site: dimensions u with Cov_x(E_q[z_u | x]) > threshold (Burda
     et al. 2015), E_q estimated as in :func:`per_datapoint`."""
-    r = per_datapoint(vae, data, 1)
-    return {k: _active(r.means[k], r.noise[k], threshold) for k in r.means}
+    _, means, noise, _, _ = _posterior_terms(vae, data, KL_SAMPLES, DEFAULT_MAX_ELEMENTS)
+    return {k: _active(means[k], noise[k], threshold) for k in means}
 
 
 def summarize(r: PerDatapoint, num_samples: int) -> dict:
