@@ -10,6 +10,7 @@ Contracts (checked by :class:`~pyro_vae.VAE` at construction):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from .._registry import lookup
 
-__all__ = ["ACTIVATIONS", "MLP", "Trunk", "ConvEncoder", "ConvDecoder", "NETS"]
+__all__ = ["ACTIVATIONS", "MLP", "Trunk", "ConvEncoder", "ConvDecoder", "NETS", "feature_dim"]
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -71,23 +72,37 @@ class MLP(nn.Module):
         return self.out(self.hidden(x))
 
 
-def feature_dim(trunk: nn.Module, in_dim: int) -> int:
-    """``F`` of a trunk ``[B, in_dim] -> [B, F]``: its ``feature_dim`` attribute, else found by
-    one dummy pass (in eval mode, without gradients; the modes are restored)."""
-    declared = getattr(trunk, "feature_dim", None)
-    if declared is not None:
-        return int(declared)
-    modes = [(m, m.training) for m in trunk.modules()]
-    tensors = (*trunk.parameters(), *trunk.buffers())
-    param = next((t for t in tensors if t.is_floating_point()), None)
-    kw = {} if param is None else {"dtype": param.dtype, "device": param.device}
-    trunk.eval()
+def dtype_device(module: nn.Module) -> dict:
+    """``{"dtype", "device"}`` of ``module``'s first floating parameter or buffer (empty, i.e.
+    the default dtype on the CPU, when it has none): what a dummy input must match."""
+    for t in (*module.parameters(), *module.buffers()):
+        if t.is_floating_point():
+            return {"dtype": t.dtype, "device": t.device}
+    return {}
+
+
+@contextlib.contextmanager
+def probing(module: nn.Module):
+    """A dummy pass through ``module``: eval mode (no batch-norm statistics from a dummy batch)
+    and no gradients, with every submodule's mode restored afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
     try:
         with torch.no_grad():
-            h = trunk(torch.zeros(2, in_dim, **kw))
+            yield
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+def feature_dim(trunk: nn.Module, in_dim: int) -> int:
+    """``F`` of a trunk ``[B, in_dim] -> [B, F]``: its ``feature_dim`` attribute, else found by
+    one dummy pass (:func:`probing`)."""
+    declared = getattr(trunk, "feature_dim", None)
+    if declared is not None:
+        return int(declared)
+    with probing(trunk):
+        h = trunk(torch.zeros(2, in_dim, **dtype_device(trunk)))
     if not isinstance(h, torch.Tensor) or h.dim() != 2 or h.shape[0] != 2:
         got = list(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
         raise ValueError(

@@ -32,7 +32,15 @@ from ..data.checks import check_data
 from .config import ModelConfig
 from .guides import Guide, make_guide
 from .likelihoods import Likelihood, make_likelihood
-from .networks import MLP, NETS, ConvDecoder, ConvEncoder, check_image_shape
+from .networks import (
+    MLP,
+    NETS,
+    ConvDecoder,
+    ConvEncoder,
+    check_image_shape,
+    dtype_device,
+    probing,
+)
 from .priors import Prior, StandardNormalPrior, make_prior
 from .protocol import LogWeights
 
@@ -48,15 +56,6 @@ def _diagonal_normal(q) -> tuple[torch.Tensor, torch.Tensor] | None:
         if type(base) in (dist.Normal, torch.distributions.Normal):
             return base.loc, base.scale
     return None
-
-
-def _dtype_device(module: nn.Module) -> dict:
-    """The dtype and device of ``module``'s first floating parameter or buffer (the default
-    dtype on the CPU when it has none)."""
-    for t in (*module.parameters(), *module.buffers()):
-        if t.is_floating_point():
-            return {"dtype": t.dtype, "device": t.device}
-    return {}
 
 
 def _expect(component: str, d, batch: tuple, event: tuple, contract: str) -> None:
@@ -99,7 +98,7 @@ def _log_q(q, z, gaussian, eps, pathwise: bool) -> torch.Tensor:
 def _check_decoder(decoder: nn.Module, z_dim: int, out_dim: int) -> torch.Tensor:
     """The decoder's output for ``z [2, z_dim]``, after checking that it maps ``[..., z_dim]`` to
     ``[..., out_dim]`` for leading dimensions ``[2]`` and ``[3, 2]`` (a particle dimension)."""
-    kw = _dtype_device(decoder)
+    kw = dtype_device(decoder)
     outputs = []
     for lead in ((2,), (3, 2)):
         y = decoder(torch.zeros(*lead, z_dim, **kw))
@@ -292,20 +291,13 @@ class VAE(nn.Module):
     def _check_components(self) -> None:
         """Each component returns what the program needs: checked once, on a dummy batch of 2,
         so that a user-written one fails here with its name rather than deep inside Pyro."""
-        x_dim, z_dim = self.config.x_dim, self.config.z_dim
-        modes = [(m, m.training) for m in self.modules()]
-        self.eval()  # no batch-norm statistics from a dummy batch
-        try:
-            with torch.no_grad():
-                self._check_each(x_dim, z_dim)
-        finally:
-            for m, mode in modes:
-                m.training = mode
+        with probing(self):
+            self._check_each(self.config.x_dim, self.config.z_dim)
 
     def _check_each(self, x_dim: int, z_dim: int) -> None:
         top = self._prior_dim()
         _expect("prior", self.prior(), (), (top,), f"a distribution over the top latent: [{top}]")
-        q = self.encoder(torch.zeros(2, x_dim, **_dtype_device(self.encoder)))
+        q = self.encoder(torch.zeros(2, x_dim, **dtype_device(self.encoder)))
         _expect("guide", q, (2,), (z_dim,), "q(z | x) for x [B, x_dim]: batch [B], event [z_dim]")
         num_params = getattr(self.likelihood, "num_params", 1)
         params = _check_decoder(self.decoder, z_dim, num_params * x_dim)
