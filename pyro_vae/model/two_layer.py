@@ -26,7 +26,7 @@ from .guides import Guide, NormalGuide
 from .likelihoods import Likelihood
 from .priors import Prior
 from .protocol import LogWeights
-from .vae import VAE, _log_normal_in_noise
+from .vae import VAE, _log_normal_in_noise, _subsample_scale
 
 __all__ = ["TwoLayerVAE"]
 
@@ -131,8 +131,7 @@ class TwoLayerVAE(VAE):
         q, gaussian = self._posterior(x)
         if gaussian is None:
             raise ValueError("TwoLayerVAE.log_weights needs a diagonal-Normal q(z1 | x)")
-        batch = x.shape[0]
-        scale = 1.0 if num_data is None or num_data == batch else num_data / batch
+        scale = _subsample_scale(x, num_data)
         loc1, s1 = gaussian
         eps1 = torch.randn((num_samples, *loc1.shape), dtype=loc1.dtype, device=loc1.device)
         z1 = loc1 + eps1 * s1

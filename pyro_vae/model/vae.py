@@ -117,6 +117,11 @@ def _check_decoder(decoder: nn.Module, z_dim: int, out_dim: int) -> torch.Tensor
 _instances = itertools.count()
 
 
+def _subsample_scale(x: torch.Tensor, num_data: int | None) -> float:
+    """The data plate's N / B (1 without subsampling), as the program's plate applies it."""
+    return 1.0 if num_data is None or num_data == len(x) else num_data / len(x)
+
+
 def _name_or_custom(obj) -> str:
     return obj if isinstance(obj, str) else f"custom:{type(obj).__name__}"
 
@@ -393,8 +398,7 @@ class VAE(nn.Module):
         meaning and arguments it shares (``tests/test_vae.py`` checks values, gradients and the
         random stream in float64; training checks the values on every validated step).
         """
-        batch = x.shape[0]
-        scale = 1.0 if num_data is None or num_data == batch else num_data / batch
+        scale = _subsample_scale(x, num_data)
         q, gaussian = self._posterior(x)
         if pathwise and gaussian is None:
             # A flow's log q at its own draw goes through its cached input, not z: the path

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_text
 from ..data import as_tensor, check_data
 from ..infer.estimators import make_elbo
+from ..infer.evaluate import check_model_data
 from ..model.config import ModelConfig
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -364,18 +365,16 @@ def _prepare(vae, data, what: str, binarize: str | None, device: torch.device) -
     """The data as a tensor on ``device``, checked: by the model's own ``check_data`` where it
     has one (shape and the likelihood's support), else for shape ``[N, D]`` and finiteness."""
     x = as_tensor(data)
-    config = model_config(vae)
-    own_check = getattr(vae, "check_data", None)
-    if binarize == "dynamic" or not callable(own_check):
-        check_data(x, config.x_dim if config is not None else None, what)
     if binarize == "dynamic":
+        config = model_config(vae)
+        check_data(x, config.x_dim if config is not None else None, what)
         if bool(((x < 0) | (x > 1)).any()):
             raise ValueError(
                 f"binarize='dynamic' draws Bernoulli(x) pixels, so {what} must lie in [0, 1]; got "
                 f"min {float(x.min()):.4g}, max {float(x.max()):.4g}"
             )
-    elif callable(own_check):
-        own_check(x, what)
+    else:
+        check_model_data(vae, x, what)
     # Resident on the device, in the model's floating dtype (a float64 model trains on float64
     # data): no host-to-device copy or cast per batch.
     dtype = next((p.dtype for p in vae.parameters() if p.is_floating_point()), x.dtype)
