@@ -152,3 +152,19 @@ def test_a_checkpoint_from_before_kl_weighting_resumes(tmp_path):
     torch.save(ckpt, path)
     res = pv.train(vae, _data(), config=_cfg(epochs=2), out_dir=tmp_path, resume=True)
     assert [r["epoch"] for r in res.history] == [1, 2]
+
+
+def test_a_jit_elbo_under_kl_weighting_is_told_to_drop_jit():
+    with pytest.raises(ValueError, match=r"drop --jit"):
+        TrainingLoss(pv.VAE(12, 4, (16,)), pv.make_elbo("trace", jit=True), kl_weight=KLWeight(0.5))
+
+
+def test_log_weights_without_their_likelihood_part_cannot_be_kl_weighted():
+    lw = pv.LogWeights(torch.zeros(1, 3), torch.zeros(1, 3), None, 1.0, (torch.zeros(1, 3, 2),))
+    with pytest.raises(ValueError, match="KL weighting needs log_lik"):
+        lw.tempered(0.5)
+    with pytest.raises(ValueError, match="per-site KL terms need site_kl"):
+        lw.kl_terms()
+    two = lw._replace(log_lik=torch.zeros(1, 3), latents=(torch.zeros(1, 3), torch.zeros(1, 3)))
+    with pytest.raises(ValueError, match="per-site KL terms need site_kl"):
+        two.kl_terms()
