@@ -92,7 +92,7 @@ class TrainingLoss(nn.Module):
         with pyro.validation_enabled(False):
             if self.uses_model_log_weights and not am_i_wrapped():
                 try:
-                    lw = self.module.log_weights(x, num_data, **self.elbo.request())
+                    lw = self._own_log_weights(x, num_data)
                 except ValueError:
                     # Raised before any draw (see VAE.log_weights): the program takes over.
                     self.uses_model_log_weights = False
@@ -106,9 +106,8 @@ class TrainingLoss(nn.Module):
             return self.elbo.differentiable_loss(model, guide, x, num_data=num_data)
         return self._objective(self.elbo.log_weights(model, guide, x, num_data=num_data), step)
 
-    def _own(self, x, num_data, step: int) -> torch.Tensor:
-        lw = self.module.log_weights(x, num_data, **self.elbo.request())
-        return self._objective(lw, step)
+    def _own_log_weights(self, x, num_data):
+        return self.module.log_weights(x, num_data, **self.elbo.request())
 
     def _objective(self, lw, step: int) -> torch.Tensor:
         if self.kl_weight is None:
@@ -124,7 +123,7 @@ class TrainingLoss(nn.Module):
         if self.uses_model_log_weights and not am_i_wrapped():
             try:
                 with fork_rng(x.device), torch.no_grad(), pyro.validation_enabled(False):
-                    own = self._own(x, num_data, step)
+                    own = self._objective(self._own_log_weights(x, num_data), step)
             except (ValueError, NotImplementedError):
                 # e.g. a guide the model's own computation cannot draw from: the Pyro program
                 # handles it (or raises its own clear error), now and from now on.
