@@ -43,7 +43,7 @@ from _common import (  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae import VAE, log_likelihood  # noqa: E402
-from pyro_vae.infer.evaluate import DEFAULT_MAX_ELEMENTS, MIN_CHUNK  # noqa: E402
+from pyro_vae.infer.evaluate import CPU_TILE_ELEMENTS, MIN_CHUNK  # noqa: E402
 
 #: whole batches of the full run's batch size that the whole-test-set probe evaluates
 FULL_PROBE_BATCHES = 2
@@ -51,16 +51,21 @@ FULL_PROBE_BATCHES = 2
 FULL_PROBE_CHUNKS = 4
 
 
-def library_shapes(n: int, d: int, k: int, max_elements: int = DEFAULT_MAX_ELEMENTS):
+def library_shapes(n: int, d: int, k: int, max_elements: int = CPU_TILE_ELEMENTS):
     """(batch_size, chunk_size) that ``log_likelihood`` picks by default for ``n`` datapoints of
-    ``d`` elements and K = ``k`` (evaluate.py): a batch that leaves room for chunks of at least
-    min(K, MIN_CHUNK) samples, then as many samples per chunk as keep one ``[chunk, batch, d]``
-    tensor under ``max_elements``. With Pyro's validation on, the library also evaluates the
-    first sample of each batch as a chunk of its own, then chunks of this size."""
+    ``d`` elements and K = ``k`` (evaluate.py) on a CPU: a batch that leaves room for tiles of
+    at least min(K, MIN_CHUNK) samples, then as many samples per tile as keep one ``[tile,
+    batch, d]`` tensor under ``max_elements`` (``tile_elements``: about 4 MB of float32)."""
     d = max(1, d)
     batch = max(1, min(n, max_elements // (d * min(k, MIN_CHUNK))))
     chunk = max(1, min(k, max_elements // (batch * d)))
     return batch, chunk
+
+
+#: the hand-written evaluations (batch of images, samples per chunk): the issue's "decent" loop
+#: (the encoder once per batch of 100, K in chunks of 100: [100, 100, 784] logits, 31 MB) and the
+#: same loop with 3 MB tiles
+REFERENCE_SHAPES = {"reference": (100, 100), "reference, 3 MB tiles": (100, 10)}
 
 
 def build(cfg, device, seed=0):
@@ -77,21 +82,19 @@ def binarized_test(smoke, device):
 
 
 def candidates(vae, ref, x, k, variants):
-    """Callables over the same data. ``stock`` is ``log_likelihood`` with its default shapes; the
-    reference and ``no-validate`` are given the same batch and chunk sizes (library_shapes)."""
+    """Callables over the same data: the hand-written references (REFERENCE_SHAPES), ``stock``
+    (``log_likelihood`` with its defaults: the VAE's own tiles, the encoder once per batch) and
+    ``program`` (``fast_path=False``: the Pyro program on every tile, the same shapes)."""
     d = x[0].numel()
     batch, chunk = library_shapes(len(x), d, k)
     out = {}
-    out["reference"] = lambda: ref.log_likelihood(x, k, batch, chunk)
+    for name, (b, c) in REFERENCE_SHAPES.items():
+        if name == "reference" or name in variants:
+            out[name] = lambda b=b, c=c: ref.log_likelihood(x, k, min(b, len(x)), min(c, k))
     if "stock" in variants:
         out["stock"] = lambda: log_likelihood(vae.model, vae.guide, x, k)
-    if "no-validate" in variants:
-
-        def no_validate():
-            with pyro.validation_enabled(False):
-                return log_likelihood(vae.model, vae.guide, x, k, batch, chunk_size=chunk)
-
-        out["no-validate"] = no_validate
+    if "program" in variants:
+        out["program"] = lambda: log_likelihood(vae.model, vae.guide, x, k, fast_path=False)
     return out, (batch, chunk)
 
 
@@ -188,11 +191,11 @@ def bench_ks(args, device, cfg, vae, ref, test):
         torch.manual_seed(1)
         ll_lib = float(log_likelihood(vae.model, vae.guide, x, k).mean())
         torch.manual_seed(1)
-        ll_ref = float(ref.log_likelihood(x, k, batch, chunk).mean())
+        ll_ref = float(ref.log_likelihood(x, k, min(100, n), min(100, k)).mean())
         lls = {"reference": ll_ref, "stock": ll_lib}
         mem = {}
         if args.memory and (not args.smoke or k == args.ks[-1]):
-            for impl in ("reference", "stock"):
+            for impl in ("reference", "reference, 3 MB tiles", "stock"):
                 if impl in cands:
                     mem[impl] = measure_memory(impl, k, n, cfg, args)
         raw[k] = {
@@ -212,7 +215,8 @@ def bench_ks(args, device, cfg, vae, ref, test):
             )
             peak = f"{mem[name]['peak_mib']:.0f}" if name in mem else ""
             ll = f"{lls[name]:.2f}" if name in lls else ""
-            shape = f"[{chunk}, {batch}, {x.shape[1]}]"
+            b, c = REFERENCE_SHAPES.get(name, (batch, chunk))
+            shape = f"[{min(c, k)}, {min(b, n)}, {x.shape[1]}]"
             rows.append([k, n, shape, name, fmt_num(tput), ratio, peak, ll])
         print(f"  K={k}: done", file=sys.stderr, flush=True)
     table = markdown_table(
@@ -233,20 +237,21 @@ def bench_ks(args, device, cfg, vae, ref, test):
 
 def bench_full(args, device, vae, ref, test):
     """The whole test set at K = args.full_k, extrapolated from a probe with the full run's own
-    shapes. For 10,000 MNIST images at K = 5000 the library's defaults are batches of 167 images
-    and chunks of 128 samples (a [128, 167, 784] tensor): 60 batches (the last of 147), each of
-    1 validated sample + 39 chunks of 128 + one of 7 (the reference: 39 of 128 + one of 8).
+    shapes. For 10,000 MNIST images at K = 5000 the library's defaults on a CPU are batches of
+    10 images and tiles of 133 samples (a [133, 10, 784] tile, 4 MB): 1000 batches, each of 37
+    tiles of 133 and one of 79, the encoder once per batch; the first batch's first sample is
+    also computed by the Pyro program (the run-time check). The references: batches of 100.
 
     The probe is ``FULL_PROBE_BATCHES`` whole batches x ``full_probe_k`` samples, rounded down to
-    whole chunks (default ``FULL_PROBE_CHUNKS`` chunks), so its ``[chunk, batch, D]`` tensors are
+    whole tiles (default ``FULL_PROBE_CHUNKS`` tiles) and at least 100 images, so its tiles are
     the full run's; its time x (images / probe images) x (full K / probe K) is the full run's.
-    The library's 1-sample validated chunk per batch is scaled up with the rest (the full run
-    spreads it over full_k samples, the probe over probe K): a slight overestimate."""
+    ``benchmarks/full_test_set.py`` measures the whole run itself."""
     n, d = test.shape[0], test.shape[1]
     rows, raw = [], {}
     k_full = args.full_k
     b, c = library_shapes(n, d, k_full)
-    pn = min(n, FULL_PROBE_BATCHES * b)
+    # whole batches of the library's and of the reference's (100 images)
+    pn = min(n, max(FULL_PROBE_BATCHES * b, -(-100 // b) * b))
     probe_k = FULL_PROBE_CHUNKS * c if args.full_probe_k is None else args.full_probe_k
     probe_k = min(k_full, max(c, probe_k - probe_k % c))
     # a probe K >= the chunk >= min(full K, MIN_CHUNK) keeps the batch, and so the chunk, as is
@@ -254,7 +259,8 @@ def bench_full(args, device, vae, ref, test):
     x = test[:pn]
     scale = (n / pn) * (k_full / probe_k)
     configs = {  # label: implementation
-        "reference, library default shapes": "reference",
+        "reference (batches of 100, chunks of 100)": "reference",
+        "reference, 3 MB tiles (batches of 100, chunks of 10)": "reference, 3 MB tiles",
         "stock (library default shapes)": "stock",
     }
     fns = {}
@@ -265,10 +271,11 @@ def bench_full(args, device, vae, ref, test):
     for label, ts in times.items():
         med = quartiles(ts)[1]
         full = med * scale
+        rb, rc = REFERENCE_SHAPES.get(configs[label], (b, c))
         rows.append(
             [
                 label,
-                f"[{c}, {b}, {d}]",
+                f"[{min(rc, k_full)}, {min(rb, pn)}, {d}]",
                 f"{pn} images x K={probe_k}",
                 f"{med:.2f}",
                 f"{full:,.1f} s ({full / 60:.1f} min)",
@@ -308,7 +315,12 @@ def main(argv=None):
         help="images x samples per measurement: images = work // K",
     )
     p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--variants", nargs="+", default=None, choices=["stock", "no-validate"])
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=["stock", "program", "reference, 3 MB tiles"],
+    )
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--full-k", type=int, default=5000)
     p.add_argument(
@@ -342,7 +354,9 @@ def main(argv=None):
     args.rounds = args.rounds or (1 if smoke else 4)
     args.full_rounds = (1 if smoke else 2) if args.full_rounds is None else args.full_rounds
     args.warmup = not smoke
-    args.variants = args.variants or (["stock"] if smoke else ["stock", "no-validate"])
+    args.variants = args.variants or (
+        ["stock", "program"] if smoke else ["stock", "program", "reference, 3 MB tiles"]
+    )
     if smoke:
         args.full_k, args.full_probe_k = 100, None
     cfg = dict(x_dim=784, z_dim=8 if smoke else 20, hidden_dims=[32] if smoke else [400])
@@ -356,7 +370,8 @@ def main(argv=None):
         f"prior, untrained weights (timing does not depend on them); "
         f"{'random stand-in' if smoke else 'MNIST test'} images binarized once; each "
         f"measurement evaluates about {args.work:,} images x samples; {args.rounds} "
-        f"interleaved rounds; max_elements = {DEFAULT_MAX_ELEMENTS:,}, MIN_CHUNK = {MIN_CHUNK}.\n"
+        f"interleaved rounds; library tiles of {CPU_TILE_ELEMENTS:,} elements on a CPU, "
+        f"MIN_CHUNK = {MIN_CHUNK}; the reference: batches of 100 images, chunks of 100 samples.\n"
     )
     table, raw = bench_ks(args, device, cfg, vae, ref, test)
     print("## Throughput and peak memory per K\n\n" + table + "\n")

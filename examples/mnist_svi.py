@@ -3,6 +3,7 @@
     python examples/mnist_svi.py                 # CPU, a model worth looking at in minutes
     python examples/mnist_svi.py --cuda          # the same on a GPU
     python examples/mnist_svi.py --preset burda2015 --cuda   # Burda et al. (2015)'s VAE setup
+    python examples/mnist_svi.py --dataset digits.npz        # your own .npy/.npz/.pt or images
 
 Data-parallel on N processes (--batch-size is per process; rank 0 prints and writes files):
 
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             pv.TrainConfig(**train_kw),
             dataset=args.dataset,
             data_dir=args.data_dir,
+            image_shape=args.image_shape,
             out_dir=args.out,
             resume=args.resume,
             overwrite=args.overwrite,

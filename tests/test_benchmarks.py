@@ -28,6 +28,16 @@ def _smoke(script: str) -> str:
 def test_benchmark_smoke_mode(script):
     out = _smoke(script)
     assert "| reference |" in out and "stock" in out
+    if script == "bench_train.py":  # the tuned reference and both ratios, each estimator
+        assert out.count("| reference, fused Adam |") >= 8
+    else:  # the 3 MB-tile reference and the Pyro program on every tile
+        assert "reference, 3 MB tiles" in out and "| program |" in out
+
+
+@pytest.mark.slow
+def test_setup_cost_smoke_mode():
+    out = _smoke("bench_setup.py")
+    assert "binarize='dynamic'" in out and "Bernoulli support check" in out
 
 
 @pytest.mark.slow

@@ -129,24 +129,82 @@ def test_global_latent_broadcasts_and_nested_plates_are_summed():
     torch.testing.assert_close(ll, dist.MultivariateNormal(torch.zeros(3), cov).log_prob(x))
 
 
-def test_memory_is_bounded_by_chunking(lg, monkeypatch):
-    """No single vectorized pass sees more than max_elements / (batch * D) samples."""
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_memory_is_bounded_by_tiling(lg, monkeypatch, fast_path):
+    """No single vectorized pass sees more than max_elements / (batch * D) samples; the own
+    path runs the encoder once per batch, the program once per tile."""
     vae, x = lg
-    seen = []
+    seen, encoded = [], []
     module = sys.modules["pyro_vae.infer.evaluate"]
-    orig = module.log_weights
+    orig, sampler = module.log_weights, vae.importance_sampler
 
     def spy(*a, num_samples, **k):
         seen.append((num_samples, a[2].shape[0]))
         return orig(*a, num_samples=num_samples, **k)
 
+    def own(x):
+        encoded.append(len(x))
+        draw = sampler(x)
+        return lambda k: seen.append((k, len(x))) or draw(k)
+
     monkeypatch.setattr(module, "log_weights", spy)
-    pv.log_likelihood(vae.model, vae.guide, x, num_samples=1000, max_elements=5 * 64 * 10)
-    assert max(k * b * 5 for k, b in seen) <= 5 * 64 * 10
-    # every datapoint gets all 1000 samples; the default batch leaves room for chunks of
-    # min(K, MIN_CHUNK) samples (the guide runs once per chunk)
-    assert sum(k * b for k, b in seen) == 1000 * 64
+    monkeypatch.setattr(vae, "importance_sampler", own)
+    budget = 5 * 64 * 10
+    pv.log_likelihood(
+        vae.model, vae.guide, x, num_samples=1000, max_elements=budget, fast_path=fast_path
+    )
+    assert max(k * b * 5 for k, b in seen) <= budget
+    # every datapoint gets all 1000 samples (and the own path's one validated sample of the
+    # first batch besides); the default batch leaves room for tiles of min(K, MIN_CHUNK) samples
+    checked = 2 * seen[0][1] if fast_path else 0
+    assert sum(k * b for k, b in seen) == 1000 * 64 + checked
     assert max(k for k, b in seen) >= min(1000, module.MIN_CHUNK)
+    batches = math.ceil(64 / seen[0][1])
+    assert len(encoded) == (batches if fast_path else 0)
+
+
+def test_tiles_are_exact_splits_of_one_pass(lg):
+    """Tiled over K the draws are the very draws of one [K, B, D] pass (torch fills them in
+    order), so any tiling, ragged last tiles and K not a multiple of the tile included, gives
+    the same numbers in float64, on the own path and on the Pyro program alike."""
+    vae, x = lg
+    with_guide(vae, ExactPosterior(vae, inflate=1.3, diagonal=True))
+    results = []
+    for fast_path in (True, False):
+        for chunk in (None, 1, 7, 37, 250):
+            torch.manual_seed(3)
+            stats = pv.log_likelihood(
+                vae.model,
+                vae.guide,
+                x,
+                250,
+                16,
+                chunk_size=chunk,
+                return_stats=True,
+                fast_path=fast_path,
+            )
+            results.append(stats)
+    for r in results[1:]:
+        for a, b in zip(r, results[0]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert float(results[0].stderr.mean()) > 0  # a proposal that is not the posterior
+
+
+def test_an_importance_sampler_that_disagrees_with_its_program_is_not_used(lg, monkeypatch):
+    vae, x = lg
+    sampler = vae.importance_sampler
+    monkeypatch.setattr(vae, "importance_sampler", lambda x: lambda k: sampler(x)(k) + 1.0)
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="importance_sampler gives log weights up to 1 nats"):
+        ll = pv.log_likelihood(vae.model, vae.guide, x, 20)
+    torch.manual_seed(0)
+    torch.testing.assert_close(ll, pv.log_likelihood(vae.model, vae.guide, x, 20, fast_path=False))
+
+
+def test_tiles_are_cache_sized_on_a_cpu_and_large_on_a_gpu():
+    module = sys.modules["pyro_vae.infer.evaluate"]
+    assert module.tile_elements(torch.device("cpu")) * 4 <= 8 * 2**20  # float32: a few MB
+    assert module.tile_elements(torch.device("cuda")) >= 16 * module.tile_elements("cpu")
 
 
 def test_bad_inputs():

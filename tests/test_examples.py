@@ -87,6 +87,12 @@ def test_runs_end_to_end_as_a_script_on_real_mnist(tmp_path):
     ):
         assert key in res, key
     assert res["dataset"] == "mnist" and res["device"] == "cpu" and res["eval_samples"] == 5
+    wall = res["wall_seconds"]  # the split of the run's wall time
+    assert set(wall) == {"data", "training", "evaluation", "figures", "total"}
+    assert all(v >= 0 for v in wall.values()) and wall["training"] > 0 and wall["figures"] > 0
+    assert sum(v for k, v in wall.items() if k != "total") == pytest.approx(wall["total"])
+    assert wall["training"] <= res["train_seconds"] + wall["data"] + 1.0
+    assert "wall time" in proc.stdout
     assert -400 < res["test_log_likelihood"] < -50
     assert res["test_log_likelihood"] >= res["test_elbo"] - 1.0
     for name in (

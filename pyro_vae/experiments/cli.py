@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..data import DATASETS
+from ..data.user_files import is_user_path as _is_data_path
 from ..model.networks import ACTIVATIONS, NETS
 from ..training.config import TrainConfig
 from ..training.distributed import (
@@ -30,6 +31,8 @@ __all__ = [
     "add_kl_weight_arguments",
     "kl_weight_kwargs",
     "add_data_arguments",
+    "dataset_name_or_path",
+    "image_shape",
     "add_optimiser_arguments",
     "add_preset_argument",
     "add_eval_samples_argument",
@@ -196,11 +199,49 @@ def kl_weight_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits)
 
 
+def dataset_name_or_path(text: str) -> str:
+    """An argparse type: a built-in data set's name, or the path of the user's own data set (an
+    existing file or folder, or a name ending in ``.npy``/``.npz``/``.pt``, whose absence the
+    loader reports)."""
+    if text.strip().lower() in DATASETS or _is_data_path(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {', '.join(DATASETS)}, or give the path of a "
+        ".npy, .npz or .pt file or a folder of PNG/JPEG images; there is no such file or folder)"
+    )
+
+
+def image_shape(text: str) -> tuple[int, ...]:
+    """An argparse type: ``"1,8,8"`` (C,H,W) or ``"8,8"`` (H,W) as a tuple."""
+    shape = int_list("--image-shape", 1, example="1,8,8")(text)
+    if len(shape) not in (2, 3):
+        raise argparse.ArgumentTypeError(
+            f"--image-shape takes C,H,W or H,W like '1,8,8', got {text!r}"
+        )
+    return shape
+
+
 def add_data_arguments(
     p: argparse.ArgumentParser, train_size: int | None, test_size: int | None
 ) -> None:
-    """``--dataset``, ``--data-dir``, ``--train-size``, ``--test-size``."""
-    p.add_argument("--dataset", choices=DATASETS, default="mnist", help="data set")
+    """``--dataset``, ``--image-shape``, ``--data-dir``, ``--train-size``, ``--test-size``."""
+    p.add_argument(
+        "--dataset",
+        type=dataset_name_or_path,
+        default="mnist",
+        metavar="{" + ",".join(DATASETS) + "} or PATH",
+        help="data set: a built-in name, or the path of a .npy, .npz (train/test arrays, "
+        "optional train_labels/test_labels; or x, y) or .pt file or a folder of PNG/JPEG images "
+        "(class subfolders give labels); one array is split 90/10 with seed 0",
+    )
+    p.add_argument(
+        "--image-shape",
+        type=image_shape,
+        default=None,
+        metavar="C,H,W",
+        help="shape of one image of a --dataset PATH whose arrays are flat and not square "
+        "(default: inferred from the file)",
+    )
     p.add_argument(
         "--data-dir",
         default=None,

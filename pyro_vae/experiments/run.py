@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -67,10 +68,15 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 
 def for_images(model_config: ModelConfig, data: ImageData) -> ModelConfig:
-    """``model_config`` with the data's ``image_shape`` filled in where a conv net needs it."""
+    """``model_config`` fitted to the data: ``x_dim`` the data's pixels per image (a placeholder
+    such as the examples' 784 becomes a file's 64) and its ``image_shape`` filled in where a conv
+    net needs it."""
+    if model_config.x_dim != data.num_pixels:
+        model_config = replace(model_config, x_dim=data.num_pixels)
     conv = "conv" in (model_config.encoder, model_config.decoder)
     if conv and not model_config.image_shape:
-        return replace(model_config, image_shape=(1, *data.image_shape))
+        shape = tuple(data.image_shape)
+        return replace(model_config, image_shape=shape if len(shape) == 3 else (1, *shape))
     return model_config
 
 
@@ -117,7 +123,9 @@ def _figures(vae: VAE, data: ImageData, test_x: torch.Tensor, history, out: Path
     names.append("reconstructions.png")
     n = min(len(test_x), 5000)
     z = vae.posterior_mean(test_x[:n]).cpu()
-    plot_latent_space(z, data.test_y[:n], out / "latent_space.png", class_names=data.class_names)
+    labels = data.test_y[:n] if data.test_y is not None else None  # unlabelled: one colour
+    classes = data.class_names if labels is not None else None
+    plot_latent_space(z, labels, out / "latent_space.png", class_names=classes)
     names.append("latent_space.png")
     if vae.config.z_dim == 2:
 
@@ -147,12 +155,18 @@ def _run_device(train_config: TrainConfig, ctx: DistributedContext | None) -> to
     return device
 
 
-def _load_data(dataset: str, data_dir: str | None, ctx: DistributedContext | None) -> ImageData:
+def _load_data(
+    dataset: str,
+    data_dir: str | None,
+    ctx: DistributedContext | None,
+    image_shape: tuple[int, ...] | None = None,
+) -> ImageData:
     """``load_dataset``; under ``torch.distributed`` one process per node fills the cache (or
     downloads) before the others read it."""
     if ctx is not None and ctx.local_rank != 0:
         dist.barrier()
-    data = load_dataset(dataset, data_dir=data_dir)
+    kw = {} if image_shape is None else {"image_shape": image_shape}
+    data = load_dataset(dataset, data_dir=data_dir, **kw)
     if ctx is not None and ctx.local_rank == 0:
         dist.barrier()
     return data
@@ -203,7 +217,8 @@ def _subsets(
     ``train_size``/``test_size`` images: ``(data with that test split, train_x, binarize,
     kind)``."""
     train_x, test_x, binarize, kind = prepare_data(data, likelihood, test_seed=seed)
-    data = replace(data, test_x=test_x[:test_size], test_y=data.test_y[:test_size])
+    test_y = data.test_y[:test_size] if data.test_y is not None else None
+    data = replace(data, test_x=test_x[:test_size], test_y=test_y)
     return data, train_x[:train_size], binarize, kind
 
 
@@ -247,11 +262,15 @@ def run_experiment(
     distributed: bool = False,
     overwrite: bool = False,
     override: tuple[str, ...] = (),
+    image_shape: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate a VAE on MNIST or Fashion-MNIST; write everything to ``out_dir``.
 
-    ``train_size``/``test_size`` take the first images of each split (smoke runs). ``data`` can
-    be passed instead of a dataset name. Returns the dict written to ``results.json``.
+    ``dataset`` may also be the path of the user's own file or image folder (see
+    :func:`~pyro_vae.load_dataset`; ``image_shape`` for images the file cannot tell the shape
+    of); ``model_config.x_dim`` is taken from the data. ``train_size``/``test_size`` take the
+    first images of each split (smoke runs). ``data`` can be passed instead of a dataset name.
+    Returns the dict written to ``results.json``.
 
     ``distributed=True``: every process of the initialized ``torch.distributed`` group calls this
     with the same arguments (see :mod:`pyro_vae.training.distributed`); they train one model
@@ -260,6 +279,7 @@ def run_experiment(
     figures). ``out_dir`` is checked first (:func:`check_out_dir`): one holding a run needs
     ``resume`` (``override``: the settings that may change) or ``overwrite``.
     """
+    t_start = time.perf_counter()
     ctx = get_context() if distributed else None
     main = ctx is None or ctx.is_main
     log = log if main else _silent
@@ -268,7 +288,7 @@ def run_experiment(
     if main:
         check_out_dir(out, resume=resume, overwrite=overwrite)
     if data is None:
-        data = _load_data(dataset, data_dir, ctx)
+        data = _load_data(dataset, data_dir, ctx, image_shape)
     log(f"data: {data.name} from {data.source}")
     data, train_x, binarize, kind = _subsets(
         data, model_config.likelihood, train_config.seed, train_size, test_size
@@ -276,6 +296,7 @@ def run_experiment(
     test_x = data.test_x
     train_config = replace(train_config, binarize=binarize)
     model_config = for_images(model_config, data)
+    t_data = time.perf_counter()
     torch.manual_seed(train_config.seed)  # the initial weights depend on the seed alone
     vae = build_model(model_config)
     n_params = sum(p.numel() for p in vae.parameters())
@@ -291,11 +312,14 @@ def run_experiment(
         distributed=distributed,
         override=override,
     )
+    t_train = time.perf_counter()
     final = _final_evaluation(vae, result, test_x.to(device), train_config, ctx)
+    t_eval = time.perf_counter()
     results = {
         "dataset": data.name,
         "data_source": data.source,
         "data_kind": kind,
+        "image_shape": list(data.image_shape),
         **_metrics(final),
         **_timing(result.history),
         **_setup(model_config, train_config, device, n_params, ctx),
@@ -307,9 +331,25 @@ def run_experiment(
     if figures:
         vae.eval()
         results["figures"] = _figures(vae, data, test_x.to(device), result.history, out)
+    results["wall_seconds"] = _wall_seconds(
+        t_start, t_data, t_train, t_eval, time.perf_counter(), result.eval_seconds
+    )
     atomic_write_json(out / RESULTS_NAME, results)
     log(summary(results, out))
     return results
+
+
+def _wall_seconds(start, data, trained, evaluated, end, eval_in_training) -> dict[str, float]:
+    """Where this call's wall time went: loading and preparing the data; training (``train``
+    less its test evaluations, model building included); evaluating (those evaluations and the
+    final one, when it was not the last epoch's); the figures; and in all."""
+    return {
+        "data": data - start,
+        "training": trained - data - eval_in_training,
+        "evaluation": eval_in_training + evaluated - trained,
+        "figures": end - evaluated,
+        "total": end - start,
+    }
 
 
 def _setup(model_config, train_config, device, n_params: int, ctx) -> dict[str, Any]:
@@ -389,6 +429,10 @@ def summary(results: dict, out: Path) -> str:
         f"written to           {out}/ ({RESULTS_NAME}, metrics.jsonl, checkpoint.pt"
         f"{', figures' if results.get('figures') else ''})",
     ]
+    wall = results.get("wall_seconds")
+    if wall:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in wall.items() if k != "total")
+        lines.insert(-1, f"wall time            {wall['total']:.1f} s ({parts})")
     if not math.isfinite(results["test_log_likelihood"]):
         lines.append("warning: the log-likelihood is not finite")
     return "\n".join(lines)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -27,11 +27,21 @@ __all__ = [
     "check_model_data",
 ]
 
-#: elements of one ``[K_chunk, B, D]`` tensor, bounding memory whatever K and N are
-DEFAULT_MAX_ELEMENTS = 2**24
-#: the default batch leaves room for chunks of at least min(K, this) samples: the guide runs once
-#: per chunk, so tiny chunks of many images would spend a large share of the time in the encoder
+#: elements of one ``[k, B, D]`` tile of the K-sample evaluation on a CPU: a few MB, so that the
+#: decoder's output and the log-likelihood computed from it stay in the caches (an elementwise
+#: pass costs about 1.3 ns an element there and 3-5 ns out of them, see benchmarks/RESULTS.md)
+CPU_TILE_ELEMENTS = 2**20
+#: ... and on a GPU, where larger kernels fill the device
+CUDA_TILE_ELEMENTS = 2**25
+#: the default batch leaves room for tiles of at least min(K, this) samples: the Pyro program
+#: runs the guide once per tile, and every tile pays the interpreter's fixed cost
 MIN_CHUNK = 128
+
+
+def tile_elements(device: torch.device) -> int:
+    """Elements of one ``[k, B, D]`` tile of the evaluation on ``device``: cache-sized on a CPU,
+    large on a GPU. The memory of an evaluation is a few tiles, whatever K and N are."""
+    return CPU_TILE_ELEMENTS if torch.device(device).type == "cpu" else CUDA_TILE_ELEMENTS
 
 
 class LogLikelihood(NamedTuple):
@@ -68,9 +78,10 @@ def log_likelihood(
     *,
     chunk_size: int | None = None,
     max_plate_nesting: int = 1,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_elements: int | None = None,
     return_stats: bool = False,
     check_data: bool = True,
+    fast_path: bool = True,
     **kwargs,
 ) -> torch.Tensor | LogLikelihood:
     """K-sample importance-sampled estimate of log p(x_n) for each datapoint::
@@ -81,14 +92,24 @@ def log_likelihood(
     K when ``q`` is the true posterior.
 
     Works for any ``model(x, **kwargs)`` / ``guide(x, **kwargs)`` whose per-datapoint sites live in
-    a ``pyro.plate`` at dim -1 over ``x``'s first dimension. Runs on ``data``'s device, vectorized
-    over samples in chunks of ``chunk_size`` (default: as many as keep one ``[chunk, batch, D]``
-    tensor under ``max_elements``), so memory is bounded for any K and N.
+    a ``pyro.plate`` at dim -1 over ``x``'s first dimension. Runs on ``data``'s device, in
+    batches of datapoints and, within a batch, in tiles of ``chunk_size`` samples (default: as
+    many as keep one ``[tile, batch, D]`` tensor under ``max_elements``, by default
+    :func:`tile_elements` of the device: cache-sized on a CPU), so memory is bounded for any K
+    and N; the log-sum-exp is accumulated tile by tile.
+
+    Where ``model`` and ``guide`` are methods of one object with an ``importance_sampler`` (the
+    built-in models), each batch runs the encoder once and its tiles are that object's
+    plain-torch log weights, on the very draws of the Pyro program: the first tile of the first
+    batch is computed both ways, the program with Pyro's validation on, and compared (a
+    ``RuntimeWarning`` and the program for the rest where they differ). ``fast_path=False``, or
+    any other pair, runs the Pyro program on every tile, with Pyro's validation on the first
+    sample of each batch.
 
     Args:
         data: ``[N, ...]``.
         num_samples: K.
-        batch_size: datapoints per forward pass (default: chosen from ``max_elements``).
+        batch_size: datapoints per batch (default: chosen from ``max_elements``).
         check_data: run the model object's ``check_data`` (e.g. :meth:`pyro_vae.VAE.check_data`)
             first, where ``model`` is a bound method of one that has it.
     Returns:
@@ -98,46 +119,141 @@ def log_likelihood(
         raise ValueError("data must be a non-empty tensor of shape [N, ...]")
     # The model's own data check (shape, NaNs, the likelihood's support) where it has one, so
     # that grayscale pixels under a Bernoulli get the library's message, not Pyro's.
-    check = getattr(getattr(model, "__self__", None), "check_data", None)
+    owner = getattr(model, "__self__", None)
+    check = getattr(owner, "check_data", None)
     if check_data and callable(check):
         check(data, "data")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     n = data.shape[0]
     d = max(1, data[0].numel())
+    if max_elements is None:
+        max_elements = tile_elements(data.device)
     if batch_size is None:
         batch_size = max(1, min(n, max_elements // (d * min(num_samples, MIN_CHUNK))))
     if chunk_size is None:
         chunk_size = max(1, min(num_samples, max_elements // (batch_size * d)))
+    own = fast_path and not kwargs and max_plate_nesting == 1 and _same_owner(model, guide)
+    program = _ProgramTiles(model, guide, max_plate_nesting, kwargs)
     dtype = data.dtype if data.is_floating_point() else torch.get_default_dtype()
     out = {k: torch.empty(n, dtype=dtype, device=data.device) for k in LogLikelihood._fields}
     for start, b in _chunks(n, batch_size):
         x = data[start : start + b]
-        lse1, lse2, total = [], [], 0.0
-        # Pyro's validation (each datapoint's support, the distributions' arguments, the site
-        # shapes) runs on a first chunk of one sample per batch; the other chunks rerun the same
-        # program on the same x without it: its checks of a [chunk, B, D] likelihood's
-        # arguments are a visible share of an evaluation on a CPU (see benchmarks/).
-        first = 1 if is_validation_enabled() else None
-        for j, (_, k) in enumerate(_chunks(num_samples, chunk_size, first)):
-            with pyro.validation_enabled(False) if j else contextlib.nullcontext():
-                lw = log_weights(
-                    model, guide, x, num_samples=k, max_plate_nesting=max_plate_nesting, **kwargs
-                ).log_w
-            lse1.append(lw.logsumexp(0))
-            lse2.append((2 * lw).logsumexp(0))
-            total = total + lw.sum(0)
-        s1 = torch.stack(lse1).logsumexp(0)
-        s2 = torch.stack(lse2).logsumexp(0)
-        ess = torch.exp(2 * s1 - s2)
+        tiles = _own_tiles(owner, x, program, first=start == 0) if own else None
+        own = tiles is not None
+        if tiles is None:
+            tiles = program.tiles(x)
+        acc = _LogSumExp()
+        for _, k in _chunks(num_samples, chunk_size, tiles.first):
+            acc.add(tiles(k))
         sl = slice(start, start + b)
-        out["log_likelihood"][sl] = s1 - math.log(num_samples)
-        out["ess"][sl] = ess
-        out["stderr"][sl] = (1.0 / ess - 1.0 / num_samples).clamp(min=0).sqrt()
-        out["elbo"][sl] = total / num_samples
+        for key, value in acc.result(num_samples).items():
+            out[key][sl] = value
     if return_stats:
         return LogLikelihood(**out)
     return out["log_likelihood"]
+
+
+class _LogSumExp:
+    """Running sums over the tiles of one batch: log sum w, log sum w^2 and sum log w."""
+
+    def __init__(self) -> None:
+        self.s1 = self.s2 = self.total = None
+
+    def add(self, lw: torch.Tensor) -> None:
+        s1, s2, total = lw.logsumexp(0), (2 * lw).logsumexp(0), lw.sum(0)
+        if self.s1 is None:
+            self.s1, self.s2, self.total = s1, s2, total
+        else:
+            self.s1 = torch.logaddexp(self.s1, s1)
+            self.s2 = torch.logaddexp(self.s2, s2)
+            self.total = self.total + total
+
+    def result(self, num_samples: int) -> dict[str, torch.Tensor]:
+        ess = torch.exp(2 * self.s1 - self.s2)
+        return {
+            "log_likelihood": self.s1 - math.log(num_samples),
+            "ess": ess,
+            "stderr": (1.0 / ess - 1.0 / num_samples).clamp(min=0).sqrt(),
+            "elbo": self.total / num_samples,
+        }
+
+
+def _same_owner(model, guide) -> bool:
+    owner = getattr(model, "__self__", None)
+    return owner is not None and getattr(guide, "__self__", None) is owner
+
+
+class _ProgramTiles:
+    """Tiles of log weights from the Pyro program of ``model``/``guide`` (the guide run on each
+    tile): ``tiles(x)`` returns ``draw(k) -> log w [k, B]`` with ``draw.first`` the size of the
+    first tile (1 with Pyro's validation on, which only that tile runs under)."""
+
+    def __init__(self, model, guide, max_plate_nesting: int, kwargs: dict) -> None:
+        self.model, self.guide = model, guide
+        self.max_plate_nesting, self.kwargs = max_plate_nesting, kwargs
+
+    def log_w(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        return log_weights(
+            self.model,
+            self.guide,
+            x,
+            num_samples=k,
+            max_plate_nesting=self.max_plate_nesting,
+            **self.kwargs,
+        ).log_w
+
+    def tiles(self, x: torch.Tensor):
+        # Pyro's validation (each datapoint's support, the distributions' arguments, the site
+        # shapes) runs on a first tile of one sample per batch; the other tiles rerun the same
+        # program on the same x without it: its checks of a [tile, B, D] likelihood's
+        # arguments are a visible share of an evaluation on a CPU (see benchmarks/).
+        validated = [is_validation_enabled()]
+
+        def draw(k: int) -> torch.Tensor:
+            if validated[0]:
+                validated[0] = False
+                return self.log_w(x, k)
+            with pyro.validation_enabled(False):
+                return self.log_w(x, k)
+
+        draw.first = 1 if validated[0] else None
+        return draw
+
+
+def _own_tiles(owner, x: torch.Tensor, program: _ProgramTiles, first: bool):
+    """The model object's ``importance_sampler(x)`` as tiles, or None where it has none (or
+    raises ValueError: a guide its closed form does not cover). On the ``first`` batch its
+    first sample is checked against the Pyro program's, on the same random draws."""
+    sampler = getattr(owner, "importance_sampler", None)
+    try:
+        own = sampler(x) if callable(sampler) else None
+        if own is not None and first:
+            with fork_rng(x.device):
+                value = own(1)
+    except ValueError:
+        return None
+    if own is None:
+        return None
+    if first:
+        with fork_rng(x.device):  # validated, on the same draws; the estimate's are untouched
+            expected = program.log_w(x, 1)
+        if not torch.allclose(value, expected, rtol=1e-4, atol=1e-3):
+            warnings.warn(
+                f"{type(owner).__name__}.importance_sampler gives log weights up to "
+                f"{float((value - expected).abs().max()):.3g} nats away from its Pyro "
+                f"program's; the evaluation runs the Pyro program. A subclass that changes "
+                f"model or guide should override log_weights or set log_weights = None.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
+
+    def draw(k: int) -> torch.Tensor:
+        return own(k)
+
+    draw.first = None
+    return draw
 
 
 def check_model_data(module, data: torch.Tensor, what: str = "data") -> None:
@@ -211,7 +327,7 @@ def kl_to_prior(
     data: torch.Tensor,
     num_samples: int = KL_SAMPLES,
     *,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_elements: int | None = None,
 ) -> torch.Tensor:
     """E_q[log q(z | x_n) - log p(z)] per datapoint ``[N]``, summed over every latent site of the
     model's own program under its own prior (e.g. p(z1 | z2) in a hierarchy): the closed form
@@ -220,10 +336,13 @@ def kl_to_prior(
     return _posterior_terms(vae, data, num_samples, max_elements)[0]
 
 
-def _posterior_terms(module, data: torch.Tensor, kl_samples: int, max_elements: int) -> tuple:
+def _posterior_terms(module, data: torch.Tensor, kl_samples: int, max_elements) -> tuple:
     """``(kl [N], means, noise, closed-form sites, Monte Carlo sites)`` of :class:`PerDatapoint`,
-    in batches that keep one ``[kl_samples, batch, D]`` tensor under ``max_elements``."""
+    in batches that keep one ``[kl_samples, batch, D]`` tensor under ``max_elements`` (default
+    :func:`tile_elements` of the data's device)."""
     n, d = len(data), max(1, data[0].numel())
+    if max_elements is None:
+        max_elements = tile_elements(data.device)
     batch = max(1, min(n, max_elements // (d * kl_samples)))
     kls, means, noise, names, closed = [], {}, {}, [], set()
     for start, b in _chunks(n, batch):
@@ -249,7 +368,7 @@ def per_datapoint(
     *,
     batch_size: int | None = None,
     kl_samples: int = KL_SAMPLES,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_elements: int | None = None,
 ) -> PerDatapoint:
     """The per-datapoint numbers behind :func:`evaluate` (and its sharded form) for any model
     object with ``model(x, num_data=None)`` and ``guide(x, num_data=None)``."""
@@ -280,7 +399,7 @@ def active_units(
 ) -> dict[str, int]:
     """Active units per latent site: dimensions u with Cov_x(E_q[z_u | x]) > threshold (Burda
     et al. 2015), E_q estimated as in :func:`per_datapoint`."""
-    _, means, noise, _, _ = _posterior_terms(vae, data, KL_SAMPLES, DEFAULT_MAX_ELEMENTS)
+    _, means, noise, _, _ = _posterior_terms(vae, data, KL_SAMPLES, None)
     return {k: _active(means[k], noise[k], threshold) for k in means}
 
 

@@ -15,7 +15,7 @@ from torch.distributions.utils import broadcast_all
 from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 
 from .._registry import lookup
-from ..data.checks import check_data
+from ..data.checks import check_data, is_integral, value_range
 
 __all__ = [
     "Likelihood",
@@ -83,8 +83,9 @@ class BernoulliLikelihood(Likelihood):
 
     def check(self, x: torch.Tensor, what: str = "data") -> None:
         super().check(x, what)
-        nonbinary = (x != 0) & (x != 1)
-        if bool(nonbinary.any()):
+        lo, hi = value_range(x)
+        if not (lo >= 0 and hi <= 1 and is_integral(x)):
+            nonbinary = (x != 0) & (x != 1)  # only on failure: a count and an example
             example = float(x[nonbinary][0])
             raise ValueError(
                 f"the bernoulli likelihood needs binary {what} in {self.support_text}, but "
@@ -154,8 +155,9 @@ class ContinuousBernoulliLikelihood(Likelihood):
 
     def check(self, x: torch.Tensor, what: str = "data") -> None:
         super().check(x, what)
-        outside = (x < 0) | (x > 1)
-        if bool(outside.any()):
+        lo, hi = value_range(x)
+        if not (lo >= 0 and hi <= 1):
+            outside = (x < 0) | (x > 1)
             raise ValueError(
                 f"the continuous_bernoulli likelihood needs {what} in {self.support_text}, but "
                 f"{int(outside.sum())} values are outside (min {float(x.min()):.4g}, max "

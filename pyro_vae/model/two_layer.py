@@ -26,7 +26,7 @@ from .guides import Guide, NormalGuide
 from .likelihoods import Likelihood
 from .priors import Prior
 from .protocol import LogWeights
-from .vae import VAE, _log_normal_in_noise, _subsample_scale
+from .vae import VAE, _log_normal_in_noise
 
 __all__ = ["TwoLayerVAE"]
 
@@ -111,27 +111,19 @@ class TwoLayerVAE(VAE):
             pyro.sample("z2", self.q_z2(z1))
             return z1
 
-    def log_weights(
-        self,
-        x: torch.Tensor,
-        num_data: int | None = None,
-        *,
-        num_samples: int = 1,
-        pathwise: bool = False,
-        analytic_kl: bool = False,
-    ) -> LogWeights:
+    def _draw_log_weights(self, posterior, x, scale, num_samples, pathwise, analytic_kl):
         """:meth:`model`/:meth:`guide`'s log weights in plain torch, on the program's draws
-        (z1 then z2), for a diagonal-Normal q(z1 | x). Path derivatives and analytic KLs of a
-        hierarchy are left to the Pyro program (a ValueError, raised before any draw)."""
+        (z1 then z2), for a diagonal-Normal q(z1 | x) (what :meth:`log_weights` and
+        :meth:`importance_sampler` run). Path derivatives and analytic KLs of a hierarchy are
+        left to the Pyro program (a ValueError, raised before any draw)."""
         if pathwise or analytic_kl:
             raise ValueError(
                 "TwoLayerVAE.log_weights computes neither path derivatives nor analytic KLs; "
                 "the Pyro program handles these estimators"
             )
-        q, gaussian = self._posterior(x)
+        _, gaussian = posterior
         if gaussian is None:
             raise ValueError("TwoLayerVAE.log_weights needs a diagonal-Normal q(z1 | x)")
-        scale = _subsample_scale(x, num_data)
         loc1, s1 = gaussian
         eps1 = torch.randn((num_samples, *loc1.shape), dtype=loc1.dtype, device=loc1.device)
         z1 = loc1 + eps1 * s1

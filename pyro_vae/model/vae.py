@@ -398,8 +398,24 @@ class VAE(nn.Module):
         meaning and arguments it shares (``tests/test_vae.py`` checks values, gradients and the
         random stream in float64; training checks the values on every validated step).
         """
+        posterior = self._posterior(x)
         scale = _subsample_scale(x, num_data)
-        q, gaussian = self._posterior(x)
+        return self._draw_log_weights(posterior, x, scale, num_samples, pathwise, analytic_kl)
+
+    def importance_sampler(self, x: torch.Tensor):
+        """The encoder run once on ``x [B, x_dim]``; returns ``draw(k) -> log w [k, B]``, the log
+        weights of ``k`` fresh draws from q(z | x): the values and random draws of
+        ``log_weights(x, num_samples=k).log_w``, so that :func:`pyro_vae.log_likelihood` can
+        take K samples in cache-sized tiles without running the encoder once per tile. None
+        where the model has no own log weights (``log_weights = None``)."""
+        if self.log_weights is None:
+            return None
+        posterior = self._posterior(x)
+        return lambda k: self._draw_log_weights(posterior, x, 1.0, k, False, False).log_w
+
+    def _draw_log_weights(self, posterior, x, scale, num_samples, pathwise, analytic_kl):
+        """:meth:`log_weights` given the guide's ``posterior`` (:meth:`_posterior` of ``x``)."""
+        q, gaussian = posterior
         if pathwise and gaussian is None:
             # A flow's log q at its own draw goes through its cached input, not z: the path
             # derivative needs the leaves of pyro_vae.log_weights (the Pyro program).

@@ -49,6 +49,9 @@ class TrainConfig(JsonConfig):
     #: free bits (Kingma et al. 2016): nats per datapoint below which a latent site's
     #: batch-mean KL is not penalized; 0 = off (trace and meanfield only)
     free_bits: float = 0.0
+    #: torch Adam's implementation: ``"fused"`` (one kernel, where torch has one for the device
+    #: and dtype), ``"foreach"`` or ``"for-loop"``; the same algorithm, rounded differently
+    adam_impl: str = "fused"
 
     def __post_init__(self) -> None:
         self.check_types()
@@ -68,6 +71,11 @@ class TrainConfig(JsonConfig):
                 raise ValueError(f"TrainConfig.{name} is out of range: {getattr(self, name)!r}")
         if self.lr_schedule not in (None, "burda2015"):
             raise ValueError(f"lr_schedule must be None or 'burda2015', got {self.lr_schedule!r}")
+        if self.adam_impl not in ("fused", "foreach", "for-loop"):
+            raise ValueError(
+                f"TrainConfig.adam_impl must be 'fused', 'foreach' or 'for-loop', got "
+                f"{self.adam_impl!r}"
+            )
         if self.binarize not in (None, "dynamic"):
             raise ValueError(f"binarize must be None or 'dynamic', got {self.binarize!r}")
         try:

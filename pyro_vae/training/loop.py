@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_write_text
 from ..data import as_tensor, check_data
+from ..data.checks import value_range
 from ..infer.estimators import make_elbo
 from ..infer.evaluate import check_model_data
 from ..model.config import ModelConfig
@@ -42,6 +43,7 @@ from .config import TrainConfig, lr_at_epoch
 from .errors import TrainingDiverged
 from .kl_weight import KLWeight
 from .loss import TrainingLoss
+from .optimizer import load_optimizer_state, make_optimizer
 from .processes import DataParallel, SingleProcess
 
 __all__ = ["TrainingDiverged", "TrainResult", "train", "METRICS_NAME"]
@@ -61,6 +63,8 @@ class TrainResult:
     checkpoint: Path | None
     seconds: float
     evaluation: dict | None = None
+    #: of ``seconds``, those this call spent evaluating the test data after its epochs
+    eval_seconds: float = 0.0
 
 
 def train(
@@ -95,8 +99,9 @@ def train(
             batch; with ``device="cuda"`` each process uses its current device. Only rank 0
             writes files; every rank returns the same history.
         override: on resume, the :class:`TrainConfig` fields that may differ from the
-            checkpoint's beyond ``RESUMABLE_CHANGES`` (epochs, progress, device, evaluation);
-            every change is recorded in the checkpoint's ``config_changes`` with its epoch.
+            checkpoint's beyond ``RESUMABLE_CHANGES`` (epochs, progress, device, evaluation,
+            adam_impl); every change is recorded in the checkpoint's ``config_changes``, with
+            its epoch.
     Returns:
         a :class:`TrainResult`; ``history`` holds one dict per epoch with per-datapoint
         ``train_elbo``, ``test_elbo`` and (every ``eval_every`` epochs) ``test_log_likelihood``.
@@ -120,18 +125,20 @@ def train(
         raise ValueError(f"{len(x_train)} training points cannot be shared by {procs.world_size}")
     vae.to(device)
     elbo = make_elbo(config.elbo, config.num_particles, jit=config.jit) if elbo is None else elbo
-    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    optimizer = make_optimizer(vae.parameters(), config.lr, config.adam_impl)
     run = _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume, set(override))
     history = run["history"]
     plan = _BatchPlan(len(x_train), config.batch_size, procs)
     loss = _training_loss(vae, elbo, config, plan, run.get("step", len(history) * plan.num_steps))
     step = procs.make_step(loss, x_train[:2], config.binarize)
-    t_start, evaluation = time.perf_counter(), None
+    t_start, evaluation, eval_seconds = time.perf_counter(), None, 0.0
     for epoch in range(len(history) + 1, config.epochs + 1):
         with procs.errors(epoch), _keeping(ckpt_path):
             record = _train_epoch(procs, vae, step, optimizer, x_train, plan, config, epoch)
             if x_test is not None:
+                t_eval = time.perf_counter()
                 evaluation = _evaluate_epoch(procs, vae, x_test, config, epoch, record)
+                eval_seconds += time.perf_counter() - t_eval
         history.append(procs.describe(record))
         _warn_if_diverging(history, x_train[0].numel())
         if ckpt_path is not None and procs.is_main:
@@ -139,7 +146,8 @@ def train(
         if procs.is_main:
             for cb in callbacks:
                 cb(history[-1])
-    return TrainResult(history, ckpt_path, time.perf_counter() - t_start, evaluation)
+    seconds = time.perf_counter() - t_start
+    return TrainResult(history, ckpt_path, seconds, evaluation, eval_seconds)
 
 
 def _training_loss(vae, elbo, config: TrainConfig, plan, first_step: int) -> TrainingLoss:
@@ -257,8 +265,8 @@ def _evaluate_epoch(procs, vae, x_test, config, epoch, record) -> dict:
 
 
 #: TrainConfig fields a resumed run may change freely: they do not change what was trained
-#: (how long, where, and how often and how finely to evaluate)
-RESUMABLE_CHANGES = ("epochs", "progress", "device", "eval_every", "eval_samples")
+#: (how long, where, how often and how finely to evaluate, and which kernel rounds Adam's update)
+RESUMABLE_CHANGES = ("epochs", "progress", "device", "eval_every", "eval_samples", "adam_impl")
 
 
 def _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume, override) -> dict:
@@ -285,7 +293,7 @@ def _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume, ove
             f"cannot resume from {ckpt_path}: its weights do not fit {type(vae).__name__} ({e}); "
             f"build the model the checkpoint was written for"
         ) from e
-    optimizer.load_state_dict(ckpt["optimizer"])
+    load_optimizer_state(optimizer, ckpt["optimizer"])
     procs.restore_rng(ckpt["rng"])
     if ckpt.get("estimator") is not None and hasattr(elbo, "load_state_dict"):
         elbo.load_state_dict(ckpt["estimator"])
@@ -368,10 +376,11 @@ def _prepare(vae, data, what: str, binarize: str | None, device: torch.device) -
     if binarize == "dynamic":
         config = model_config(vae)
         check_data(x, config.x_dim if config is not None else None, what)
-        if bool(((x < 0) | (x > 1)).any()):
+        lo, hi = value_range(x)
+        if not (lo >= 0 and hi <= 1):
             raise ValueError(
                 f"binarize='dynamic' draws Bernoulli(x) pixels, so {what} must lie in [0, 1]; got "
-                f"min {float(x.min()):.4g}, max {float(x.max()):.4g}"
+                f"min {lo:.4g}, max {hi:.4g}"
             )
     else:
         check_model_data(vae, x, what)
