@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--guide", choices=sorted(pv.GUIDES), default="normal", help="guide q(z|x)")
     p.add_argument(
-        "--num-flows", type=cli.positive(int), default=2, help="IAF layers (--guide iaf)"
+        "--num-flows",
+        type=cli.positive(int),
+        default=2,
+        help="flow layers of a flow guide (any --guide but normal)",
     )
     p.add_argument("--elbo", choices=sorted(pv.ESTIMATORS), default="trace", help="ELBO estimator")
     p.add_argument(

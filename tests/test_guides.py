@@ -6,7 +6,14 @@ import torch
 import pyro_vae as pv
 
 
-@pytest.mark.parametrize("name", ["normal", "iaf"])
+def test_the_registry_has_every_flow_of_issue_15():
+    flows = {"planar", "radial", "householder", "sylvester", "naf", "spline", "iaf"}
+    assert set(pv.GUIDES) == flows | {"normal"} and set(pv.guides.FLOW_GUIDES) == flows
+    for name, cls in pv.guides.FLOW_GUIDES.items():
+        assert cls.flow == name and issubclass(cls, pv.guides.FlowGuide)
+
+
+@pytest.mark.parametrize("name", sorted(pv.GUIDES))
 def test_guide_shapes(name):
     g = pv.make_guide(name, 6, 3, (16,), "tanh")
     q = g(torch.rand(5, 6))
@@ -37,7 +44,8 @@ def test_iaf_is_more_expressive_than_its_gaussian_stage():
 def test_unknown_guide_and_bad_flows():
     with pytest.raises(ValueError, match="unknown guide 'flow'.*iaf.*normal"):
         pv.make_guide("flow", 3, 2)
-    with pytest.raises(ValueError, match="num_flows must be >= 1"):
-        pv.guides.IAFGuide(3, 2, num_flows=0)
+    for cls in pv.guides.FLOW_GUIDES.values():
+        with pytest.raises(ValueError, match="num_flows must be >= 1"):
+            cls(3, 2, num_flows=0)
     with pytest.raises(ValueError, match="unknown activation 'sigmoid'"):
         pv.make_guide("normal", 3, 2, activation="sigmoid")

@@ -109,3 +109,21 @@ def test_a_plain_module_likelihood_trains_and_evaluates():
     assert pv.evaluate(vae, torch.rand(8, 6), num_samples=4)["num_samples"] == 4
     with pytest.raises(ValueError, match="NaN"):
         pv.evaluate(vae, torch.full((3, 6), float("nan")))
+
+
+def test_bernoulli_log_prob_is_the_same_with_and_without_a_gradient():
+    """Evaluation takes log sigmoid((2x - 1) * logit), training the cross-entropy: one value."""
+    from pyro_vae.model.likelihoods import BernoulliLikelihood
+
+    torch.manual_seed(0)
+    like = BernoulliLikelihood(30).double()
+    logits = 8 * torch.randn(7, 5, 30, dtype=torch.float64)
+    x = torch.bernoulli(torch.rand(5, 30, dtype=torch.float64))
+    with torch.no_grad():
+        fast = like.log_prob(logits, x)
+        program = like(logits).log_prob(x)
+    trained = like.log_prob(logits.clone().requires_grad_(), x)
+    reference = torch.distributions.Bernoulli(logits=logits).log_prob(x.expand_as(logits)).sum(-1)
+    for value in (fast, program, trained.detach()):
+        torch.testing.assert_close(value, reference, rtol=1e-12, atol=1e-12)
+    assert trained.requires_grad

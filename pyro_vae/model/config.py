@@ -116,7 +116,7 @@ class ModelConfig(JsonConfig):
     guide: str = "normal"
     #: mixture components (``mixture``) or pseudo-inputs (``vamp``)
     num_components: int = 10
-    #: number of IAF layers (``guide="iaf"``)
+    #: flow layers of a flow guide (every ``guide`` but ``"normal"``)
     num_flows: int = 2
     #: the fixed (``gaussian``) or initial (``learned_gaussian``, ``laplace``) likelihood scale
     likelihood_scale: float = 1.0

@@ -1,11 +1,13 @@
 """Amortized guides q(z | x): an encoder network maps each datapoint to its posterior.
 
 A guide is an ``nn.Module`` whose ``forward(x [B, x_dim])`` returns a distribution with batch shape
-``[B]`` and event shape ``[z_dim]``; the built-in ones are a head (Normal, or Normal + IAF) on an
-encoder trunk ``x -> features`` (an MLP, a conv net, or any module), and their ``gaussian(x)``
-returns the diagonal-Normal stage (what the VampPrior mixes). Posterior means
+``[B]`` and event shape ``[z_dim]``; the built-in ones are a head on an encoder trunk
+``x -> features`` (an MLP, a conv net, or any module): a diagonal Normal, or a diagonal Normal
+pushed through a normalizing flow conditioned on the features (:mod:`pyro_vae.model.flows`:
+``iaf``, ``planar``, ``radial``, ``householder``, ``sylvester``, ``naf``, ``spline``). Their
+``gaussian(x)`` returns the diagonal-Normal stage (what the VampPrior mixes). Posterior means
 (:meth:`pyro_vae.VAE.posterior_mean`) use the full q's ``mean`` where it has one and a Monte Carlo
-mean otherwise (an IAF).
+mean otherwise (a flow).
 """
 
 from __future__ import annotations
@@ -14,14 +16,28 @@ from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
-from pyro.distributions.transforms import conditional_affine_autoregressive
 from torch import nn
 from torch.nn.functional import softplus
 
 from .._registry import lookup
+from .flows import FLOWS, build_flows
 from .networks import MLP, Trunk
 
-__all__ = ["Guide", "NormalGuide", "IAFGuide", "GUIDES", "make_guide"]
+__all__ = [
+    "Guide",
+    "NormalGuide",
+    "FlowGuide",
+    "IAFGuide",
+    "PlanarGuide",
+    "RadialGuide",
+    "HouseholderGuide",
+    "SylvesterGuide",
+    "NAFGuide",
+    "SplineGuide",
+    "FLOW_GUIDES",
+    "GUIDES",
+    "make_guide",
+]
 
 
 class Guide(nn.Module):
@@ -82,11 +98,18 @@ class NormalGuide(_GaussianEncoder):
         return dist.Normal(*self.loc_scale(x)).to_event(1)
 
 
-class IAFGuide(_GaussianEncoder):
-    """A diagonal Normal pushed through conditional inverse autoregressive flows (Kingma et al.
-    2016). Each flow is conditioned on the encoder's features ``h(x)``, so the whole
-    posterior is amortized. Sampling and the log density of a sample are one pass each (IAF).
+class FlowGuide(_GaussianEncoder):
+    """A diagonal Normal ``N(mu(h), sigma(h))`` on the encoder's features ``h = h(x)``, pushed
+    through ``num_flows`` layers of the normalizing flow named by ``flow`` (see
+    :mod:`pyro_vae.model.flows`), each layer's parameters a network of ``h``: an amortized
+    posterior. Sampling is one pass, and so is log q of the guide's own draw (Pyro caches each
+    layer's input). ``invertible``: whether log q can be evaluated at any z, which the STL, DReG
+    and score estimators need; a flow without an inverse raises
+    :class:`~pyro_vae.model.flows.FlowNotInvertible` there.
     """
+
+    #: the flow's name in :data:`pyro_vae.model.flows.FLOWS`
+    flow = ""
 
     def __init__(
         self,
@@ -100,11 +123,12 @@ class IAFGuide(_GaussianEncoder):
         super().__init__(x_dim, z_dim, hidden_dims, activation, trunk)
         if num_flows < 1:
             raise ValueError(f"num_flows must be >= 1, got {num_flows}")
-        context = self.net.feature_dim
-        self.flows = nn.ModuleList(
-            conditional_affine_autoregressive(z_dim, context, hidden_dims=[max(2 * z_dim, 32)])
-            for _ in range(num_flows)
-        )
+        self.num_flows = int(num_flows)
+        self.flows = build_flows(self.flow, z_dim, self.net.feature_dim, num_flows)
+
+    @property
+    def invertible(self) -> bool:
+        return FLOWS[self.flow].invertible
 
     def forward(self, x: torch.Tensor) -> dist.Distribution:
         h = self.net.features(x)
@@ -112,13 +136,89 @@ class IAFGuide(_GaussianEncoder):
         return dist.TransformedDistribution(base, [f.condition(h) for f in self.flows])
 
 
+class IAFGuide(FlowGuide):
+    """Inverse autoregressive flows (Kingma et al. 2016): Pyro's
+    ``conditional_affine_autoregressive``, each layer conditioned on ``h(x)`` (amortized).
+    Invertible: log q at any z costs ``z_dim`` passes of the autoregressive network."""
+
+    flow = "iaf"
+
+
+class PlanarGuide(FlowGuide):
+    """Planar flows (Rezende & Mohamed 2015), ``z + u tanh(w^T z + b)``: Pyro's
+    ``ConditionalPlanar``, with ``(u, w, b)`` a network of ``h(x)`` (amortized). **No inverse**:
+    log q is known at the guide's own draws only, so STL, DReG and score cannot use it."""
+
+    flow = "planar"
+
+
+class RadialGuide(FlowGuide):
+    """Radial flows (Rezende & Mohamed 2015), ``z + beta h(alpha, r) (z - z0)``: Pyro's
+    ``ConditionalRadial``, with ``(z0, alpha, beta)`` a network of ``h(x)`` (amortized). **No
+    inverse**: log q is known at the guide's own draws only, so STL, DReG and score cannot use
+    it."""
+
+    flow = "radial"
+
+
+class HouseholderGuide(FlowGuide):
+    """Householder flows (Tomczak & Welling 2016): ``num_flows`` reflections ``I - 2 u u^T``
+    after the diagonal Normal, a full-covariance Gaussian q; Pyro's ``ConditionalHouseholder``
+    with each ``u`` a network of ``h(x)`` (amortized). Volume preserving and invertible in closed
+    form (cheap): every estimator works."""
+
+    flow = "householder"
+
+
+class SylvesterGuide(FlowGuide):
+    """Householder-Sylvester flows (van den Berg et al. 2018), ``z + Q R tanh(S Q^T z + b)``.
+    Pyro has no conditional Sylvester (its ``Sylvester`` is one global transform for all x, and
+    its log-determinant is exact only for Q = I), so this uses
+    :class:`~pyro_vae.model.flows.ConditionalSylvester`, written here on Pyro's
+    ``ConditionalTransformModule`` pattern: ``R``, ``S``, ``b`` and the reflections of ``Q``
+    are a network of ``h(x)`` (amortized, as in the paper). **No inverse**: STL, DReG and score
+    cannot use it."""
+
+    flow = "sylvester"
+
+
+class NAFGuide(FlowGuide):
+    """Neural autoregressive flows (Huang et al. 2018, deep sigmoidal flow, IAF flavour): Pyro's
+    ``ConditionalNeuralAutoregressive``, its autoregressive network fed ``h(x)`` (amortized).
+    **No inverse** (Pyro leaves it unimplemented): STL, DReG and score cannot use it."""
+
+    flow = "naf"
+
+
+class SplineGuide(FlowGuide):
+    """Neural spline flows (Durkan et al. 2019, rational-linear splines, Dolatabadi et al. 2020):
+    Pyro's ``ConditionalSplineAutoregressive`` (8 bins on [-3, 3], identity outside), its
+    autoregressive network fed ``h(x)`` (amortized). The autoregressive form rather than Pyro's
+    element-wise ``conditional_spline``, which would leave q factorized across dimensions.
+    Invertible: log q at any z costs ``z_dim`` network passes."""
+
+    flow = "spline"
+
+
+#: the flow guides by name; each class takes the registry's arguments as they come
+FLOW_GUIDES = {
+    cls.flow: cls
+    for cls in (
+        IAFGuide,
+        PlanarGuide,
+        RadialGuide,
+        HouseholderGuide,
+        SylvesterGuide,
+        NAFGuide,
+        SplineGuide,
+    )
+}
+
 GUIDES = {
     "normal": lambda x_dim, z_dim, hidden, act, num_flows, trunk: NormalGuide(
         x_dim, z_dim, hidden, act, trunk
     ),
-    "iaf": lambda x_dim, z_dim, hidden, act, num_flows, trunk: IAFGuide(
-        x_dim, z_dim, hidden, act, num_flows, trunk
-    ),
+    **FLOW_GUIDES,
 }
 
 
@@ -132,6 +232,7 @@ def make_guide(
     *,
     trunk: nn.Module | None = None,
 ) -> Guide:
-    """Build a guide by name (``normal`` or ``iaf``): its head on ``trunk`` (``x [B, x_dim] ->
+    """Build a guide by name (``normal``, or a flow: ``iaf``, ``planar``, ``radial``,
+    ``householder``, ``sylvester``, ``naf``, ``spline``): its head on ``trunk`` (``x [B, x_dim] ->
     features [B, F]``), or on an MLP of ``hidden_dims`` when none is given."""
     return lookup("guide", name, GUIDES)(x_dim, z_dim, hidden_dims, activation, num_flows, trunk)

@@ -12,7 +12,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.distributions.utils import broadcast_all
-from torch.nn.functional import binary_cross_entropy_with_logits, softplus
+from torch.nn.functional import binary_cross_entropy_with_logits, logsigmoid, softplus
 
 from .._registry import lookup
 from ..data.checks import check_data, is_integral, value_range
@@ -65,8 +65,19 @@ class _BernoulliEvent(dist.Independent):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        logits, value = broadcast_all(self.base_dist.logits, value)
-        return -binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+        return _bernoulli_log_prob(self.base_dist.logits, value)
+
+
+def _bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_d log Bernoulli(x_d; sigmoid(logit_d)) ``[...]`` for ``logits [..., D]`` and binary
+    ``x`` (broadcast). Differentiated (training), the cross-entropy, whose backward is fused;
+    without a gradient (evaluation), log sigmoid((2x - 1) * logit), the same value for x in
+    {0, 1} (the support, checked at every entry point) in one pass fewer over the largest tensor
+    of a K-sample evaluation (benchmarks/RESULTS.md)."""
+    if torch.is_grad_enabled() and logits.requires_grad:
+        logits, x = broadcast_all(logits, x)
+        return -binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    return logsigmoid(logits * (2 * x - 1)).sum(-1)
 
 
 class BernoulliLikelihood(Likelihood):
@@ -78,8 +89,7 @@ class BernoulliLikelihood(Likelihood):
         return _BernoulliEvent(dist.Bernoulli(logits=params), 1)
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        bce = binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none")
-        return -bce.sum(-1)
+        return _bernoulli_log_prob(params, x)
 
     def check(self, x: torch.Tensor, what: str = "data") -> None:
         super().check(x, what)

@@ -83,16 +83,15 @@ def _log_normal_in_noise(eps: torch.Tensor, scale: torch.Tensor) -> torch.Tensor
     return -(0.5 * eps.pow(2) + scale.log()).sum(-1) - eps.shape[-1] * _HALF_LOG_2PI
 
 
-def _log_q(q, z, gaussian, eps, pathwise: bool) -> torch.Tensor:
-    """log q(z | x) ``[K, B]`` at q's own draw ``z``; with ``pathwise`` (diagonal Normal only)
-    the guide's parameters are held fixed, so the gradient flows through z only."""
-    if gaussian is not None:
-        loc, s = gaussian
-        if pathwise:
-            loc, s = loc.detach(), s.detach()
-            eps = (z - loc) / s
-        return _log_normal_in_noise(eps, s)
-    return q.log_prob(z)
+def _log_q(z, gaussian, eps, pathwise: bool) -> torch.Tensor:
+    """log N(z; loc, scale) ``[K, B]`` of the diagonal-Normal q ``gaussian = (loc, scale)`` at
+    its own draw ``z = loc + scale * eps``; with ``pathwise`` the guide's parameters are held
+    fixed, so the gradient flows through z only."""
+    loc, s = gaussian
+    if pathwise:
+        loc, s = loc.detach(), s.detach()
+        eps = (z - loc) / s
+    return _log_normal_in_noise(eps, s)
 
 
 def _check_decoder(decoder: nn.Module, z_dim: int, out_dim: int) -> torch.Tensor:
@@ -432,15 +431,21 @@ class VAE(nn.Module):
             eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
             z = loc + eps * s
         else:
-            z = q.rsample((num_samples,))
-            z = z[0] if one else z
+            drawn = q.rsample((num_samples,))
+            z = drawn[0] if one else drawn
         log_lik = self._log_lik(self.decoder(z), x)  # [K, B], or [B] for one particle
         kl = self._analytic_kl(q, gaussian) if analytic_kl else None
         if kl is not None:
             log_p, log_q = log_lik, log_lik.new_zeros(()).expand(log_lik.shape)
         else:
             log_p = log_lik + self._log_prior(z)
-            log_q = _log_q(q, z, gaussian, eps, pathwise)
+            if gaussian is not None:
+                log_q = _log_q(z, gaussian, eps, pathwise)
+            else:
+                # At the draw itself, which a flow knows from its cached input; at a copy such
+                # as drawn[0] it would run its inverse (z_dim passes of an autoregressive net).
+                log_q = q.log_prob(drawn)
+                log_q = log_q[0] if one else log_q
         analytic = ("z",) if kl is not None else ()
         if one:
             # [1, B]. The latent is a view of the draw: a gradient hook on it (DReG's) does not

@@ -89,15 +89,17 @@ class TrainingLoss(nn.Module):
             return self._program(x, num_data, step)
         if step % VALIDATE_EVERY == 0:
             return self._validated(x, num_data, step)
+        if self.uses_model_log_weights and not am_i_wrapped():
+            # Plain torch: Pyro's validation has nothing to check here (entering its context
+            # costs more than a small layer, so it is entered for the program only).
+            try:
+                lw = self._own_log_weights(x, num_data)
+            except ValueError:
+                # Raised before any draw (see VAE.log_weights): the program takes over.
+                self.uses_model_log_weights = False
+            else:
+                return self._objective(lw, step)
         with pyro.validation_enabled(False):
-            if self.uses_model_log_weights and not am_i_wrapped():
-                try:
-                    lw = self._own_log_weights(x, num_data)
-                except ValueError:
-                    # Raised before any draw (see VAE.log_weights): the program takes over.
-                    self.uses_model_log_weights = False
-                else:
-                    return self._objective(lw, step)
             return self._program(x, num_data, step)
 
     def _program(self, x, num_data, step: int) -> torch.Tensor:
