@@ -308,17 +308,21 @@ def _has_mean(site: dict) -> bool:
         return False
 
 
-def _kl_and_means(module, x: torch.Tensor, num_samples: int):
-    # Closed forms where exact (see log_weights); one draw is enough when every site has one
-    # and an exact mean, else Monte Carlo over num_samples draws.
+def _needs_monte_carlo(module, x: torch.Tensor) -> bool:
+    """Whether some latent site has no exact closed-form KL or no exact mean (see
+    :func:`log_weights`): then the KL and the posterior means take Monte Carlo draws."""
     lw = log_weights(module.model, module.guide, x, num_samples=1, analytic_kl=True)
     sites = latent_sites(lw.traces[1])
-    names, closed = [s["name"] for s in sites], set(lw.analytic)
-    if closed != set(names) or not all(_has_mean(s) for s in sites):
-        lw = log_weights(module.model, module.guide, x, num_samples=num_samples, analytic_kl=True)
+    return set(lw.analytic) != {s["name"] for s in sites} or not all(_has_mean(s) for s in sites)
+
+
+def _kl_and_means(module, x: torch.Tensor, num_samples: int):
+    # Closed forms where exact (see log_weights), Monte Carlo over num_samples draws elsewhere.
+    lw = log_weights(module.model, module.guide, x, num_samples=num_samples, analytic_kl=True)
+    sites = latent_sites(lw.traces[1])
     kl = lw.kl if lw.kl is not None else torch.zeros_like(lw.log_q)
     kl = (kl + lw.log_q - (lw.log_p - lw.log_lik)).mean(0)
-    return kl, _site_means(lw.traces[1]), names, closed
+    return kl, _site_means(lw.traces[1]), [s["name"] for s in sites], set(lw.analytic)
 
 
 @torch.no_grad()
@@ -343,10 +347,12 @@ def _posterior_terms(module, data: torch.Tensor, kl_samples: int, max_elements) 
     n, d = len(data), max(1, data[0].numel())
     if max_elements is None:
         max_elements = tile_elements(data.device)
-    batch = max(1, min(n, max_elements // (d * kl_samples)))
+    # One draw per datapoint where every site has a closed form and an exact mean.
+    draws = kl_samples if _needs_monte_carlo(module, data[:1]) else 1
+    batch = max(1, min(n, max_elements // (d * draws)))
     kls, means, noise, names, closed = [], {}, {}, [], set()
     for start, b in _chunks(n, batch):
-        kl, site_means, names, closed = _kl_and_means(module, data[start : start + b], kl_samples)
+        kl, site_means, names, closed = _kl_and_means(module, data[start : start + b], draws)
         kls.append(kl)
         for name, (m, v) in site_means.items():
             means.setdefault(name, []).append(m)
