@@ -82,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="images in the fixed SNR batch (default: --batch-size)",
     )
+    p.add_argument(
+        "--gaps",
+        type=cli.non_negative_int,
+        default=0,
+        metavar="N",
+        help="the approximation and amortization gaps of each trained model on the first N test "
+        "images (0: none): where each estimator's gain comes from (Cremer et al. 2018)",
+    )
+    p.add_argument(
+        "--gaps-ais-steps",
+        type=cli.non_negative_int,
+        default=0,
+        help="AIS steps for the gaps' log p(x) (0: importance sampling, K = --eval-samples)",
+    )
     cli.add_preset_argument(p, PRESETS)
     cli.add_data_arguments(p, train_size=10000, test_size=1000)
     cli.add_optimiser_arguments(p, batch_size=100)
@@ -121,6 +135,8 @@ def main(argv: list[str] | None = None):
             snr_batch_size=args.snr_batch_size,
             device=cli.device(args),
             progress=not args.no_progress,
+            gaps_images=args.gaps,
+            gaps_ais_steps=args.gaps_ais_steps,
             **train_kw,
         )
         return compare_estimators(

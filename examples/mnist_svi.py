@@ -10,7 +10,8 @@ Data-parallel on N processes (--batch-size is per process; rank 0 prints and wri
     torchrun --standalone --nproc_per_node=2 examples/mnist_svi.py --distributed          # CPUs
     torchrun --standalone --nproc_per_node=8 examples/mnist_svi.py --distributed --cuda   # GPUs
 
-Writes config.json, metrics.jsonl, checkpoint.pt, results.json and PNG figures to --out.
+Writes config.json, metrics.jsonl, checkpoint.pt, results.json and PNG figures to --out, and
+with --logger tensorboard,mlflow,wandb the run's trackers there too.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples per datapoint in the training objective (K for iwae/dreg)",
     )
     cli.add_eval_samples_argument(p, default=500)
+    cli.add_gold_standard_arguments(p)
     p.add_argument(
         "--eval-every",
         type=cli.non_negative_int,
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the Pyro program, validated, at every training step (see the README)",
     )
     cli.add_run_arguments(p, out="runs/mnist")
+    cli.add_logger_argument(p)
     return p
 
 
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
             dataset=args.dataset,
             data_dir=args.data_dir,
             image_shape=args.image_shape,
+            gold=cli.gold_standard(args),
             out_dir=args.out,
             resume=args.resume,
             overwrite=args.overwrite,
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
             test_size=args.test_size,
             figures=not args.no_figures,
             distributed=args.distributed,
+            callbacks=cli.loggers(args),
         )
 
 

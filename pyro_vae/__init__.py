@@ -21,8 +21,11 @@ from .data import (
     load_dataset,
 )
 from .infer import estimators
+from .infer.ais import ais_log_likelihood
+from .infer.bdmc import bdmc
 from .infer.estimators import ESTIMATORS, make_elbo
 from .infer.evaluate import evaluate, log_likelihood
+from .infer.gaps import inference_gaps
 from .infer.gradients import gradient_snr
 from .infer.log_weights import LogWeights, log_weights
 from .model import guides, likelihoods, networks, priors
@@ -33,6 +36,7 @@ from .model.likelihoods import LIKELIHOODS, Likelihood, make_likelihood
 from .model.priors import PRIORS, Prior, make_prior
 from .model.two_layer import TwoLayerVAE
 from .model.vae import VAE
+from .training.callbacks import Callback
 from .training.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .training.config import TrainConfig, load_config, save_config
 from .training.loop import TrainingDiverged, TrainResult, train
@@ -82,12 +86,16 @@ __all__ = [
     "LogWeights",
     "log_likelihood",
     "evaluate",
+    "ais_log_likelihood",
+    "bdmc",
+    "inference_gaps",
     "gradient_snr",
     # training and checkpoints
     "TrainConfig",
     "train",
     "TrainResult",
     "TrainingDiverged",
+    "Callback",
     "save_config",
     "load_config",
     "save_checkpoint",

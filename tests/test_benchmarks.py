@@ -44,3 +44,9 @@ def test_setup_cost_smoke_mode():
 def test_full_test_set_smoke_mode():
     out = _smoke("full_test_set.py")
     assert "64 images at K = 50:" in out and "mean log-likelihood -" in out
+
+
+@pytest.mark.slow
+def test_ais_benchmark_smoke_mode():
+    out = _smoke("bench_ais.py")
+    assert "| reference |" in out and "| stock |" in out

@@ -118,3 +118,22 @@ def test_example_bad_flag_values(example, capsys):
             example.main(argv)
         assert exc.value.code == 2
     assert "--snr-k values must be >= 1" in capsys.readouterr().err
+
+
+def test_example_gaps_show_where_each_estimators_gain_comes_from(example, monkeypatch, tmp_path):
+    load = lambda name, data_dir=None, **kw: tiny_data(n=30, m=10, side=28, name=name)  # noqa: E731
+    monkeypatch.setattr("pyro_vae.experiments.compare.runner.load_dataset", load)
+    out = tmp_path / "run"
+    argv = ["--estimators", "trace,iwae:2", "--seeds", "0,1", "--epochs", "1"]
+    argv += ["--train-size", "20", "--test-size", "8", "--batch-size", "10", "--z-dim", "2"]
+    argv += ["--hidden-dims", "8", "--eval-samples", "3", "--snr-repeats", "0", "--no-progress"]
+    result = example.main([*argv, "--gaps", "4", "--no-figures", "--out", str(out)])
+    assert result.config["gaps_images"] == 4 and result.config["gaps_ais_steps"] == 0
+    for row in result.rows:
+        total = row["approximation_gap_mean"] + row["amortization_gap_mean"]
+        inference_gap = row["gap_log_likelihood_mean"] - row["elbo_amortized_mean"]
+        assert total == pytest.approx(inference_gap, abs=1e-3)  # float32 means of ~-550
+        assert row["approximation_gap_std"] is not None  # two seeds
+    text = (out / "comparison.md").read_text()
+    assert "Where the gain comes from: inference gaps on the first 4 test images" in text
+    assert "log p(x) by IS, K = 3" in text and text.count("| `iwae` | 2 |") == 2

@@ -13,6 +13,7 @@ from typing import Any
 from ..data import DATASETS
 from ..data.user_files import is_user_path as _is_data_path
 from ..model.networks import ACTIVATIONS, NETS
+from ..training.callbacks import Callback
 from ..training.config import TrainConfig
 from ..training.distributed import (
     DEFAULT_TIMEOUT,
@@ -20,6 +21,7 @@ from ..training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from .loggers import LOGGERS, make_loggers
 
 __all__ = [
     "positive",
@@ -36,9 +38,14 @@ __all__ = [
     "add_optimiser_arguments",
     "add_preset_argument",
     "add_eval_samples_argument",
+    "add_gold_standard_arguments",
+    "gold_standard",
     "add_run_arguments",
     "add_resume_arguments",
     "name_list",
+    "logger_names",
+    "add_logger_argument",
+    "loggers",
     "add_distributed_arguments",
     "device",
     "parse_args",
@@ -287,6 +294,49 @@ def add_eval_samples_argument(p: argparse.ArgumentParser, default: int) -> None:
     )
 
 
+def add_gold_standard_arguments(p: argparse.ArgumentParser) -> None:
+    """``--ais-steps``, ``--ais-chains``, ``--ais-test-size``, ``--gaps``, ``--gaps-test-size``."""
+    p.add_argument(
+        "--ais-steps",
+        type=non_negative_int,
+        default=0,
+        help="add annealed importance sampling with this many steps beside the IS estimate "
+        "(0: none; 1000 is a common choice)",
+    )
+    p.add_argument("--ais-chains", type=positive(int), default=16, help="AIS chains per image")
+    p.add_argument(
+        "--ais-test-size",
+        type=positive(int),
+        default=1000,
+        help="AIS (and IS beside it) on the first this-many test images",
+    )
+    p.add_argument(
+        "--gaps",
+        action="store_true",
+        help="add the approximation and amortization gaps (Cremer et al. 2018); log p(x) by "
+        "AIS with --ais-steps, else by IS with --eval-samples",
+    )
+    p.add_argument(
+        "--gaps-test-size",
+        type=positive(int),
+        default=100,
+        help="the gaps on the first this-many test images (each a local optimization)",
+    )
+
+
+def gold_standard(args: argparse.Namespace):
+    """The :class:`~pyro_vae.experiments.gold_standard.GoldStandard` the flags ask for."""
+    from .gold_standard import GoldStandard
+
+    return GoldStandard(
+        ais_steps=args.ais_steps,
+        ais_chains=args.ais_chains,
+        ais_images=args.ais_test_size,
+        gaps=args.gaps,
+        gaps_images=args.gaps_test_size,
+    )
+
+
 def add_run_arguments(p: argparse.ArgumentParser, out: str) -> None:
     """``--cuda``, ``--out``, ``--no-progress``, ``--no-figures``, ``--debug``."""
     p.add_argument("--cuda", action="store_true", help="train and evaluate on the GPU")
@@ -324,6 +374,37 @@ def name_list(text: str) -> tuple[str, ...]:
             f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
         )
     return names
+
+
+def logger_names(text: str) -> list[str]:
+    """An argparse type: ``"tensorboard,mlflow"`` -> ``["tensorboard", "mlflow"]``, each one of
+    :data:`~pyro_vae.experiments.loggers.LOGGERS`."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in LOGGERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown logger {', '.join(unknown) or repr(text)}; choose from {', '.join(LOGGERS)}"
+        )
+    return names
+
+
+def add_logger_argument(p: argparse.ArgumentParser) -> None:
+    """``--logger``: experiment trackers, repeatable or comma-separated (see :func:`loggers`)."""
+    p.add_argument(
+        "--logger",
+        type=logger_names,
+        action="extend",
+        default=None,
+        metavar="{" + ",".join(LOGGERS) + "}",
+        help="log the run to these trackers, under --out (repeatable or comma-separated; each "
+        'needs its extra, e.g. pip install -e ".[tensorboard]"; all: ".[trackers]")',
+    )
+
+
+def loggers(args: argparse.Namespace) -> list[Callback]:
+    """The ``--logger`` trackers, writing under the run directory (a missing extra raises
+    :class:`~pyro_vae.data.errors.MissingExtraError` naming the pip command)."""
+    return make_loggers(getattr(args, "logger", None) or ())
 
 
 def device(args: argparse.Namespace) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,10 +20,12 @@ from ..infer.evaluate import evaluate
 from ..model.build import build_model
 from ..model.config import ModelConfig
 from ..model.vae import VAE
+from ..training.callbacks import Callback, CallbackList
 from ..training.checkpoint import CHECKPOINT_NAME
 from ..training.config import TrainConfig
 from ..training.distributed import evaluate_distributed, get_context
 from ..training.loop import METRICS_NAME, train
+from .gold_standard import GoldStandard, evaluate_gold, gold_lines
 from .plots import (
     plot_image_grid,
     plot_latent_space,
@@ -263,6 +265,8 @@ def run_experiment(
     overwrite: bool = False,
     override: tuple[str, ...] = (),
     image_shape: tuple[int, ...] | None = None,
+    callbacks: Iterable[Callback | Callable[[dict], None]] = (),
+    gold: GoldStandard | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate a VAE on MNIST or Fashion-MNIST; write everything to ``out_dir``.
 
@@ -277,9 +281,16 @@ def run_experiment(
     together (``train_config.batch_size`` per process) and shard the test evaluation; only rank 0
     logs and writes ``out_dir``. Every rank returns the same results (rank 0's also list the
     figures). ``out_dir`` is checked first (:func:`check_out_dir`): one holding a run needs
-    ``resume`` (``override``: the settings that may change) or ``overwrite``.
+    ``resume`` (``override``: the settings that may change) or ``overwrite``. ``gold`` adds AIS
+    and the inference gaps on the first test images (:mod:`pyro_vae.experiments.gold_standard`).
+
+    ``callbacks`` (:mod:`pyro_vae.training.callbacks`; loggers such as
+    :class:`~pyro_vae.experiments.loggers.TensorBoardLogger`) see the run on rank 0: its start
+    (the config with the data set), each epoch and evaluation, the figures, and its end with
+    the ``results.json`` dict.
     """
     t_start = time.perf_counter()
+    callbacks = CallbackList(callbacks)  # a wrong one fails here, before any work
     ctx = get_context() if distributed else None
     main = ctx is None or ctx.is_main
     log = log if main else _silent
@@ -301,6 +312,12 @@ def run_experiment(
     vae = build_model(model_config)
     n_params = sum(p.numel() for p in vae.parameters())
     log(_model_line(n_params, len(train_x), len(test_x), device, ctx, train_config.batch_size))
+    run_info = {
+        "dataset": data.name,
+        "train_size": len(train_x),
+        "test_size": len(test_x),
+        "num_parameters": n_params,
+    }
     result = train(
         vae,
         train_x,
@@ -308,12 +325,16 @@ def run_experiment(
         train_config,
         out_dir=out,
         resume=resume,
-        callbacks=[lambda r: log(epoch_line(r))],
+        callbacks=[lambda r: log(epoch_line(r)), _InTraining(callbacks, run_info)],
         distributed=distributed,
         override=override,
     )
     t_train = time.perf_counter()
     final = _final_evaluation(vae, result, test_x.to(device), train_config, ctx)
+    gold_results = {}
+    if main and gold is not None and gold.enabled:
+        kw = dict(eval_samples=train_config.eval_samples, seed=train_config.seed, log=log)
+        gold_results = evaluate_gold(vae, test_x.to(device), gold, **kw)
     t_eval = time.perf_counter()
     results = {
         "dataset": data.name,
@@ -321,6 +342,7 @@ def run_experiment(
         "data_kind": kind,
         "image_shape": list(data.image_shape),
         **_metrics(final),
+        **gold_results,
         **_timing(result.history),
         **_setup(model_config, train_config, device, n_params, ctx),
         "train_size": len(train_x),
@@ -328,15 +350,36 @@ def run_experiment(
     }
     if not main:
         return results
+    if final is not result.evaluation:  # a new evaluation, after training
+        callbacks.on_evaluation({**final, "epoch": len(result.history)})
     if figures:
         vae.eval()
         results["figures"] = _figures(vae, data, test_x.to(device), result.history, out)
+        callbacks.on_figures([out / name for name in results["figures"]])
     results["wall_seconds"] = _wall_seconds(
         t_start, t_data, t_train, t_eval, time.perf_counter(), result.eval_seconds
     )
     atomic_write_json(out / RESULTS_NAME, results)
     log(summary(results, out))
+    callbacks.on_run_end(results)
     return results
+
+
+class _InTraining(Callback):
+    """The run's callbacks as ``train`` calls them: the run-start config completed with the
+    data set; the run's end left to :func:`run_experiment` (after the figures)."""
+
+    def __init__(self, callbacks: CallbackList, run_info: dict[str, Any]) -> None:
+        self.callbacks, self.run_info = callbacks, run_info
+
+    def on_run_start(self, config):
+        self.callbacks.on_run_start({**config, **self.run_info})
+
+    def on_epoch_end(self, metrics):
+        self.callbacks.on_epoch_end(metrics)
+
+    def on_evaluation(self, results):
+        self.callbacks.on_evaluation(results)
 
 
 def _wall_seconds(start, data, trained, evaluated, end, eval_in_training) -> dict[str, float]:
@@ -429,6 +472,8 @@ def summary(results: dict, out: Path) -> str:
         f"written to           {out}/ ({RESULTS_NAME}, metrics.jsonl, checkpoint.pt"
         f"{', figures' if results.get('figures') else ''})",
     ]
+    for line in gold_lines(results):
+        lines.insert(-1, line)
     wall = results.get("wall_seconds")
     if wall:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in wall.items() if k != "total")

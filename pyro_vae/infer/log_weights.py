@@ -19,7 +19,8 @@ between validated steps and checks it against this function (see ``pyro_vae.trai
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from typing import NamedTuple
 
 import pyro
 import pyro.poutine as poutine
@@ -29,7 +30,18 @@ from torch.distributions import kl_divergence
 
 from ..model.protocol import LogWeights
 
-__all__ = ["LogWeights", "NotPerDatapoint", "log_weights", "latent_sites", "PARTICLE_PLATE"]
+__all__ = [
+    "LogWeights",
+    "NotPerDatapoint",
+    "log_weights",
+    "latent_sites",
+    "PARTICLE_PLATE",
+    "LogJoint",
+    "log_joint",
+    "fixed_log_density",
+    "sample_prior",
+    "simulate",
+]
 
 #: the name of the outer plate that holds the K particles
 PARTICLE_PLATE = "_num_particles_vectorized"
@@ -244,3 +256,145 @@ def _sum_sites(model_trace, guide_trace, analytic_kl, num_dims: int):
             elif name in site_kl:
                 site_kl[name] = site_kl[name] - lp
     return log_p, log_q, kl, log_lik, analytic, site_kl
+
+
+# -- a program's log density at given latents (annealed importance sampling, BDMC) ---------------
+class LogJoint(NamedTuple):
+    """A program's log density at given latents, per chain and datapoint, each ``[C, B]``.
+
+    ``log_p``: the sum over every scored site (for a model, log p(x_n, z_cn); for a guide,
+    log q(z_cn | x_n)); ``log_lik``: the observed sites' part (zeros for a guide); ``trace``:
+    the program's trace at those latents.
+    """
+
+    log_p: torch.Tensor
+    log_lik: torch.Tensor
+    trace: poutine.Trace
+
+
+def log_joint(
+    program,
+    latents: Mapping[str, torch.Tensor],
+    *args,
+    max_plate_nesting: int = 1,
+    **kwargs,
+) -> LogJoint:
+    """Run ``program`` (a model or a guide) at the given values of all its latent sites and
+    return its per-datapoint log density.
+
+    Args:
+        program: a Pyro program called as ``program(*args, **kwargs)`` whose per-datapoint sites
+            sit in a ``pyro.plate`` at dim -1.
+        latents: ``{site: [C, B, ...]}``, a value for *every* latent site of the program, with C
+            chains (or particles) in an outer plate at dim ``-max_plate_nesting-1``. Values that
+            require grad keep their graph: ``log_p`` is differentiable in them.
+    Returns:
+        :class:`LogJoint` with ``log_p`` and ``log_lik`` of shape ``[C, B]``.
+    Raises:
+        ValueError: a latent site of the program without a value (it would be drawn afresh),
+            a value for a site the program does not have, or a latent outside the data plate.
+        NotImplementedError: a site's distribution cannot evaluate ``log_prob`` at the value.
+    """
+    if not latents:
+        raise ValueError("log_joint needs the values of the program's latent sites")
+    num_dims = max_plate_nesting + 1
+    num_chains = next(iter(latents.values())).shape[0]
+    fixed = poutine.Trace()
+    for name, value in latents.items():
+        fixed.add_node(name, type="sample", is_observed=False, value=value, infer={})
+    in_plate = _in_particle_plate(program, num_chains, -num_dims)
+    trace = poutine.trace(poutine.replay(in_plate, trace=fixed)).get_trace(*args, **kwargs)
+    names = {s["name"] for s in latent_sites(trace)}
+    missing, extra = sorted(names - set(latents)), sorted(set(latents) - names)
+    if missing:
+        raise ValueError(
+            f"the program draws latent site(s) {missing} that were not given a value; "
+            f"log_joint needs every latent site (given: {sorted(latents)})"
+        )
+    if extra:
+        raise ValueError(
+            f"values were given for {extra}, which are not latent sites of the program "
+            f"(its latent sites: {sorted(names)})"
+        )
+    _check_per_datapoint(trace, poutine.Trace())
+    log_p = log_lik = None
+    for site in trace.nodes.values():
+        if _is_scored(site):
+            lp = _reduce(site, site["fn"].log_prob(site["value"]), num_dims)
+            log_p = _add(log_p, lp)
+            if site["is_observed"]:
+                log_lik = _add(log_lik, lp)
+    terms = [t for t in (log_p, log_lik) if t is not None]
+    shape = (num_chains, torch.broadcast_shapes(*(t.shape for t in terms))[-1])
+    log_lik = log_p.new_zeros(()) if log_lik is None else log_lik
+    return LogJoint(log_p.expand(shape), log_lik.expand(shape), trace)
+
+
+def fixed_log_density(
+    program,
+    latents: Mapping[str, torch.Tensor],
+    *args,
+    max_plate_nesting: int = 1,
+    **kwargs,
+):
+    """The program's log density as a function of its latents, without running it again, where
+    that is exact: a program with one latent site and no observed site (e.g. a guide q(z | x)
+    with one site), whose distribution is built from the program's inputs alone before the draw.
+
+    Returns ``f({site: [C, B, ...]}) -> [C, B]``, differentiable in the values (the
+    distribution's parameters detached, from one run of the program at ``latents``), or None
+    for any other program, which :func:`log_joint` must run at every point.
+    """
+    with torch.no_grad():
+        joint = log_joint(program, latents, *args, max_plate_nesting=max_plate_nesting, **kwargs)
+    sites = [s for s in joint.trace.nodes.values() if _is_scored(s)]
+    if len(sites) != 1 or sites[0]["is_observed"]:
+        return None
+    site, num_dims, shape = sites[0], max_plate_nesting + 1, joint.log_p.shape
+
+    def log_density(values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return _reduce(site, site["fn"].log_prob(values[site["name"]]), num_dims).expand(shape)
+
+    return log_density
+
+
+def sample_prior(
+    model, *args, num_samples: int = 1, max_plate_nesting: int = 1, **kwargs
+) -> dict[str, torch.Tensor]:
+    """``num_samples`` ancestral draws of the model's latents from its prior (a hierarchy from
+    the top down), ``{site: [K, B, ...]}`` (detached), in an outer particle plate at dim
+    ``-max_plate_nesting-1``; the observed sites keep their values."""
+    dim = -(max_plate_nesting + 1)
+    with torch.no_grad():
+        trace = poutine.trace(_in_particle_plate(model, num_samples, dim)).get_trace(
+            *args, **kwargs
+        )
+    _check_per_datapoint(trace, poutine.Trace())
+    return {s["name"]: s["value"] for s in latent_sites(trace)}
+
+
+def simulate(model, *args, max_plate_nesting: int = 1, **kwargs) -> tuple[dict, dict]:
+    """Run the model forward: latents from the prior, then its observed sites drawn from the
+    likelihood instead of conditioned on (``poutine.uncondition``). ``args``/``kwargs`` are
+    the model's, e.g. a datapoint batch ``x [B, ...]`` that only sets the shapes.
+
+    Returns:
+        ``(observed, latents)``: ``{site: [B, ...]}`` the simulated values of the observed sites
+        and ``{site: [..., B, ...]}`` the latents that generated them (an exact draw from the
+        posterior given the simulated data), with ``max_plate_nesting`` batch dims (the data
+        plate's last) as in :func:`log_joint`'s values less the chain dim, all detached.
+    """
+    with torch.no_grad():
+        trace = poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
+    _check_per_datapoint(trace, poutine.Trace())
+    observed, latents = {}, {}
+    for site in trace.nodes.values():
+        if not _is_scored(site):
+            continue
+        value = site["value"]
+        if site["infer"].get("was_observed", False):
+            observed[site["name"]] = value
+        else:
+            batch = value.dim() - site["fn"].event_dim
+            latents[site["name"]] = value.reshape((1,) * (max_plate_nesting - batch) + value.shape)
+    return observed, latents

@@ -29,6 +29,7 @@ from ..data.checks import value_range
 from ..infer.estimators import make_elbo
 from ..infer.evaluate import check_model_data
 from ..model.config import ModelConfig
+from .callbacks import Callback, CallbackList
 from .checkpoint import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -75,7 +76,7 @@ def train(
     *,
     out_dir: str | Path | None = None,
     resume: bool = False,
-    callbacks: Iterable[Callable[[dict], None]] = (),
+    callbacks: Iterable[Callback | Callable[[dict], None]] = (),
     elbo=None,
     distributed: bool = False,
     override: Iterable[str] = (),
@@ -91,7 +92,10 @@ def train(
         out_dir: where ``checkpoint.pt``, ``config.json`` and ``metrics.jsonl`` go; None = nowhere.
         resume: continue from ``out_dir``'s checkpoint up to ``config.epochs`` (a
             :class:`CheckpointError` if there is none).
-        callbacks: called with each epoch's metrics dict (loggers); on rank 0 only.
+        callbacks: :class:`~pyro_vae.training.callbacks.Callback` objects (loggers) or plain
+            functions of each epoch's metrics dict (their ``on_epoch_end``); called on rank 0
+            only: run start, each epoch (its record with the ``lr``), each evaluation with
+            ``eval_samples``, run end (see :mod:`pyro_vae.training.callbacks`).
         elbo: an ELBO object overriding ``config.elbo`` (e.g. a user-written estimator).
         distributed: data-parallel training over the processes of the initialized default
             ``torch.distributed`` group (see :mod:`pyro_vae.training.distributed`): every
@@ -112,6 +116,7 @@ def train(
         DistributedError: under ``distributed``, a collective failed (another process died or
             timed out).
     """
+    callbacks = CallbackList(callbacks)  # a wrong one fails before any work
     procs = DataParallel() if distributed else SingleProcess()
     device = procs.device(config.device)
     if resume and out_dir is None:
@@ -131,6 +136,8 @@ def train(
     plan = _BatchPlan(len(x_train), config.batch_size, procs)
     loss = _training_loss(vae, elbo, config, plan, run.get("step", len(history) * plan.num_steps))
     step = procs.make_step(loss, x_train[:2], config.binarize)
+    if procs.is_main:
+        callbacks.on_run_start(_run_start(vae, config, out_dir, resume, history, procs))
     t_start, evaluation, eval_seconds = time.perf_counter(), None, 0.0
     for epoch in range(len(history) + 1, config.epochs + 1):
         with procs.errors(epoch), _keeping(ckpt_path):
@@ -144,10 +151,36 @@ def train(
         if ckpt_path is not None and procs.is_main:
             _save(ckpt_path, vae, optimizer, loss, history, config, run["config_changes"])
         if procs.is_main:
-            for cb in callbacks:
-                cb(history[-1])
+            lr = optimizer.param_groups[0]["lr"]
+            callbacks.on_epoch_end({**history[-1], "lr": history[-1].get("lr", lr)})
+            if x_test is not None and "test_log_likelihood" in history[-1]:
+                callbacks.on_evaluation({**evaluation, "epoch": epoch})
     seconds = time.perf_counter() - t_start
+    if procs.is_main:
+        callbacks.on_run_end(
+            {
+                "epochs": len(history),
+                "seconds": seconds,
+                "history": history,
+                "evaluation": evaluation,
+                "checkpoint": None if ckpt_path is None else str(ckpt_path),
+            }
+        )
     return TrainResult(history, ckpt_path, seconds, evaluation, eval_seconds)
+
+
+def _run_start(vae, config: TrainConfig, out_dir, resume: bool, history, procs) -> dict:
+    """The ``on_run_start`` config of a :class:`~pyro_vae.training.callbacks.Callback`."""
+    mc = model_config(vae)
+    return {
+        "model": None if mc is None else mc.to_dict(),
+        "model_class": type(vae).__name__,
+        "train": config.to_dict(),
+        "out_dir": None if out_dir is None else str(out_dir),
+        "resume": resume,
+        "start_epoch": len(history) + 1,
+        "world_size": procs.world_size,
+    }
 
 
 def _training_loss(vae, elbo, config: TrainConfig, plan, first_step: int) -> TrainingLoss:

@@ -47,6 +47,11 @@ class CompareConfig:
     snr_batch_size: int | None = None
     device: str = "cpu"
     progress: bool = True
+    #: the inference gaps (:func:`~pyro_vae.inference_gaps`) of each trained model on the first
+    #: this-many test images (0: none): where each estimator's gain comes from
+    gaps_images: int = 0
+    #: AIS steps for the gaps' log p(x) (0: importance sampling with ``eval_samples``)
+    gaps_ais_steps: int = 0
 
     def __post_init__(self) -> None:
         specs = tuple(parse_estimators(list(self.estimators)))
@@ -76,6 +81,8 @@ class CompareConfig:
             "eval_every": self.eval_every is None or self.eval_every >= 1,
             "snr_repeats": self.snr_repeats == 0 or self.snr_repeats >= 2,
             "snr_batch_size": self.snr_batch_size is None or self.snr_batch_size >= 1,
+            "gaps_images": self.gaps_images >= 0,
+            "gaps_ais_steps": self.gaps_ais_steps >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -116,4 +123,6 @@ class CompareConfig:
             "snr_repeats": self.snr_repeats,
             "snr_batch_size": self.snr_batch_size or self.batch_size,
             "device": self.device,
+            "gaps_images": self.gaps_images,
+            "gaps_ais_steps": self.gaps_ais_steps,
         }

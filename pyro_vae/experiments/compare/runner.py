@@ -13,9 +13,10 @@ from typing import Any
 import pyro
 import torch
 
-from ..._device import resolve_device
+from ..._device import fork_rng, resolve_device
 from ...data import ImageData, load_dataset
 from ...infer.evaluate import evaluate
+from ...infer.gaps import inference_gaps
 from ...model.build import build_model
 from ...model.vae import VAE
 from ...training.config import TrainConfig
@@ -26,7 +27,7 @@ from .config import CompareConfig
 from .report import write_report
 from .snr import snr_at_fixed_point
 from .spec import EstimatorSpec
-from .stats import summarize_runs
+from .stats import GAP_METRICS, summarize_runs
 from .text import count
 
 __all__ = ["ComparisonResult", "compare_estimators"]
@@ -114,6 +115,24 @@ def _final_metrics(
     return last
 
 
+def _gaps(vae: VAE, x: torch.Tensor, config: CompareConfig, seed: int) -> dict[str, Any]:
+    """The approximation and amortization gaps of the trained ``vae`` on ``x``."""
+    vae.eval()
+    ais = config.gaps_ais_steps > 0
+    with fork_rng(x.device):
+        torch.manual_seed(seed)
+        g = inference_gaps(
+            vae.model,
+            vae.guide,
+            x,
+            log_likelihood="ais" if ais else "is",
+            num_steps=max(1, config.gaps_ais_steps),
+            is_samples=config.eval_samples,
+        )
+    g["gap_log_likelihood"] = g["log_likelihood"]
+    return {**{k: g[k] for k in GAP_METRICS}, "gap_method": g["log_likelihood_method"]}
+
+
 def _run_record(
     spec: EstimatorSpec,
     seed: int,
@@ -166,6 +185,8 @@ def _one_run(
         return run, vae
     last = _final_metrics(vae, test_x, history, config, seed)
     run = _run_record(spec, seed, config, history, stopped_by, last)
+    if config.gaps_images:
+        run.update(_gaps(vae, test_x[: config.gaps_images], config, seed))
     log(
         f"{prefix} done: {run['epochs']} epochs ({stopped_by} budget), test log p(x) "
         f"{run['test_log_likelihood']:.2f} nats, {run['seconds_per_epoch']:.1f} s/epoch"

@@ -7,10 +7,18 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["METRICS", "mean_std", "summarize_runs"]
+__all__ = ["METRICS", "GAP_METRICS", "mean_std", "summarize_runs"]
 
 #: The per-run numbers that :func:`summarize_runs` averages over seeds.
 METRICS = ("test_log_likelihood", "test_elbo", "kl", "active_units", "seconds_per_epoch", "epochs")
+#: ... and those of a comparison with ``gaps_images`` (the inference gaps of each model)
+GAP_METRICS = (
+    "gap_log_likelihood",
+    "elbo_local",
+    "elbo_amortized",
+    "approximation_gap",
+    "amortization_gap",
+)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -45,6 +53,9 @@ def _row(
     }
     for metric in METRICS:
         row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([r[metric] for r in group])
+    for metric in GAP_METRICS:  # where the comparison measured the inference gaps
+        if all(metric in r for r in group):
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([r[metric] for r in group])
     paired = [
         r["test_log_likelihood"] - baseline[r["seed"]] for r in group if r["seed"] in baseline
     ]
