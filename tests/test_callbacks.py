@@ -44,6 +44,9 @@ class Recorder(Callback):
     def on_run_end(self, results):
         self.calls.append(("on_run_end", results))
 
+    def on_run_error(self, error):
+        self.calls.append(("on_run_error", error))
+
     @property
     def hooks(self):
         return [h for h, _ in self.calls]
@@ -149,6 +152,15 @@ def test_a_diverged_run_does_not_end(tmp_path):
         warnings.simplefilter("ignore", RuntimeWarning)  # "looks diverged", on the way
         pv.train(_vae(), x, config=bad, callbacks=[rec])
     assert rec.hooks[0] == "on_run_start" and "on_run_end" not in rec.hooks
+    assert rec.hooks[-1] == "on_run_error"  # loggers close their runs as failed
+    assert isinstance(rec.payloads("on_run_error")[0], pv.TrainingDiverged)
+
+
+def test_a_single_callback_need_not_be_in_a_list(tmp_path):
+    x, _ = _data()
+    rec = Recorder()
+    pv.train(_vae(), x, config=replace(CFG, epochs=1), callbacks=rec)
+    assert rec.hooks == ["on_run_start", "on_epoch_end", "on_run_end"]
 
 
 def _fake_data(n=200, m=40):

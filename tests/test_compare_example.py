@@ -137,3 +137,19 @@ def test_example_gaps_show_where_each_estimators_gain_comes_from(example, monkey
     text = (out / "comparison.md").read_text()
     assert "Where the gain comes from: inference gaps on the first 4 test images" in text
     assert "log p(x) by IS, K = 3" in text and text.count("| `iwae` | 2 |") == 2
+
+
+def test_a_failing_gaps_measurement_does_not_end_the_comparison(example, monkeypatch, tmp_path):
+    load = lambda name, data_dir=None, **kw: tiny_data(n=30, m=10, side=28, name=name)  # noqa: E731
+    monkeypatch.setattr("pyro_vae.experiments.compare.runner.load_dataset", load)
+
+    def broken(*a, **k):
+        raise RuntimeError("no gaps today")
+
+    monkeypatch.setattr("pyro_vae.experiments.compare.runner._gaps", broken)
+    argv = ["--estimators", "trace", "--seeds", "0", "--epochs", "1", "--train-size", "20"]
+    argv += ["--test-size", "8", "--batch-size", "10", "--z-dim", "2", "--hidden-dims", "8"]
+    argv += ["--eval-samples", "3", "--snr-repeats", "0", "--no-progress", "--no-figures"]
+    result = example.main([*argv, "--gaps", "4", "--out", str(tmp_path)])
+    assert result.runs[0]["gaps_error"] == "RuntimeError: no gaps today"
+    assert "Where the gain comes from" in (tmp_path / "comparison.md").read_text()

@@ -74,3 +74,25 @@ def test_a_view_of_a_checked_tensor_is_answered_from_the_memo(monkeypatch) -> No
     monkeypatch.undo()
     with pytest.raises(ValueError, match="needs binary"):
         BernoulliLikelihood(8).check(x)
+
+
+def test_inference_tensors_are_checked_every_time() -> None:
+    with torch.inference_mode():
+        x = torch.zeros(3, 4)
+    BernoulliLikelihood(4).check(x)  # no version counter: no memo, and no error
+    with torch.inference_mode():
+        x[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        check_data(x)
+
+
+def test_forget_clears_the_memo_after_a_write_behind_torchs_back() -> None:
+    import numpy as np
+
+    arr = np.zeros((3, 4), dtype=np.float32)
+    x = torch.from_numpy(arr)
+    check_data(x)
+    arr[0, 0] = np.nan  # torch's version counter does not see this
+    checks.forget()
+    with pytest.raises(ValueError, match="NaN"):
+        check_data(x)

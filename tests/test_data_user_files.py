@@ -144,6 +144,13 @@ def test_image_shape_given_for_flat_non_square_images(tmp_path):
         load_user_data(tmp_path / "d.npy", image_shape=(4, 3, 1))
 
 
+def test_the_flat_non_square_message_names_the_pixel_count(tmp_path):
+    np.save(tmp_path / "d.npy", _bytes(20, 12))
+    with pytest.raises(ValueError) as e:
+        load_user_data(tmp_path / "d.npy")
+    assert "with H*W = 12, or save" in str(e.value) and "{d}" not in str(e.value)
+
+
 # -------------------------------------------------------------------------- image folders
 
 

@@ -207,6 +207,17 @@ def test_tiles_are_cache_sized_on_a_cpu_and_large_on_a_gpu():
     assert module.tile_elements(torch.device("cuda")) >= 16 * module.tile_elements("cpu")
 
 
+def test_the_tile_rule_and_the_chunks_are_shared_from_batching():
+    from pyro_vae.infer import batching, evaluate
+
+    assert evaluate.tile_elements is batching.tile_elements
+    assert (evaluate.CPU_TILE_ELEMENTS, evaluate.MIN_CHUNK) == (2**20, 128)  # bench_eval's
+    # AIS and the gaps keep a gradient graph: their default on a CPU is 2**22, as it always was
+    assert batching.tile_elements("cpu", keeps_graph=True) == 2**22
+    assert list(batching.chunks(10, 4)) == [(0, 4), (4, 4), (8, 2)]
+    assert list(batching.chunks(10, 4, first=1)) == [(0, 1), (1, 4), (5, 4), (9, 1)]
+
+
 def test_bad_inputs():
     vae = linear_gaussian_vae()
     with pytest.raises(ValueError, match="non-empty"):

@@ -64,6 +64,43 @@ def test_no_flags_no_gold_standard_and_the_rng_is_left_alone():
     assert a["ais"]["log_likelihood"] == b["ais"]["log_likelihood"]  # seeded: reproducible
 
 
+@pytest.mark.parametrize("ais_images, calls", [(5, 1), (2, 2)])
+def test_the_gaps_reuse_the_ais_estimate_of_their_images(monkeypatch, ais_images, calls):
+    """AIS run on at least the gaps' images is their log p(x): AIS runs once. On fewer, the
+    gaps run their own."""
+    import pyro_vae as pv
+    import pyro_vae.experiments.gold_standard as gold
+    import pyro_vae.infer.gaps as gaps
+
+    real, runs = gaps.ais_log_likelihood, []
+
+    def counted(*args, **kwargs):
+        runs.append(real(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(gaps, "ais_log_likelihood", counted)
+    monkeypatch.setattr(gold, "ais_log_likelihood", counted)
+    torch.manual_seed(0)
+    vae = pv.VAE(6, 2, (8,))
+    x = torch.bernoulli(torch.rand(6, 6))
+    spec = GoldStandard(
+        ais_steps=5,
+        ais_chains=2,
+        ais_images=ais_images,
+        gaps=True,
+        gaps_images=3,
+        gaps_local_steps=3,
+    )
+    out = evaluate_gold(vae, x, spec, eval_samples=4, log=lambda s: None)
+    assert len(runs) == calls and out["gaps"]["log_likelihood_method"] == "ais"
+    if calls == 1:
+        ll = runs[0].log_likelihood[:3]
+        assert out["gaps"]["log_likelihood"] == pytest.approx(float(ll.mean()))
+        assert out["gaps"]["settings"]["log_likelihood"]["precomputed"] is True
+    else:
+        assert "precomputed" not in out["gaps"]["settings"]["log_likelihood"]
+
+
 @pytest.mark.parametrize(
     "kw, message",
     [
@@ -75,3 +112,41 @@ def test_no_flags_no_gold_standard_and_the_rng_is_left_alone():
 def test_bad_settings_are_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         GoldStandard(**kw)
+
+
+def test_a_failing_gold_standard_loses_nothing_else(example, fake_data, tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("no AIS today")
+
+    monkeypatch.setattr("pyro_vae.experiments.run.evaluate_gold", broken)
+    argv = [*SMALL, "--out", str(tmp_path), "--z-dim", "2", "--hidden-dims", "16"]
+    res = example.main([*argv, "--ais-steps", "5"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert (
+        saved["gold_standard_error"] == "RuntimeError: no AIS today" == res["gold_standard_error"]
+    )
+    assert saved["test_log_likelihood"] == res["test_log_likelihood"] and saved["figures"]
+
+
+def test_ais_of_a_flow_without_an_inverse_starts_from_the_prior():
+    import pyro_vae as pv
+
+    torch.manual_seed(0)
+    vae = pv.VAE(6, 2, (8,), guide="planar")
+    x = torch.bernoulli(torch.rand(4, 6))
+    out = evaluate_gold(vae, x, GoldStandard(ais_steps=5, ais_chains=2), eval_samples=3, log=print)
+    assert out["ais"]["initial"] == "prior" and out["ais"]["log_likelihood"] < 0
+
+
+def test_gold_standard_under_ddp_is_refused_before_any_work(monkeypatch):
+    import pyro_vae as pv
+    from pyro_vae.experiments import run
+
+    monkeypatch.setattr(run, "get_context", lambda: object())
+    with pytest.raises(ValueError, match="run in one process"):
+        run.run_experiment(
+            pv.ModelConfig(x_dim=784),
+            pv.TrainConfig(),
+            distributed=True,
+            gold=GoldStandard(ais_steps=10),
+        )

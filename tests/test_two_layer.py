@@ -197,3 +197,27 @@ def test_meanfield_takes_the_closed_form_kl_only_where_it_is_exact():
     assert lw.analytic == ("z2",)
     trace = pv.log_weights(vae.model, vae.guide, x, num_samples=4000)
     torch.testing.assert_close(lw.log_w.mean(0), trace.log_w.mean(0), rtol=0, atol=0.15)
+
+
+def test_own_log_joint_equals_the_pyro_program_s():
+    """TwoLayerVAE.log_joint against the Pyro program's log joint at random latents: values
+    and gradients in both latents, float64."""
+    vae, x = _small().double(), _x(5).double()
+    z = {
+        "z1": 1.5 * torch.randn(4, 5, 4, dtype=torch.float64),
+        "z2": 1.5 * torch.randn(4, 5, 3, dtype=torch.float64),
+    }
+    results = []
+    for fn in (
+        lambda v: vae.log_joint(x, v),
+        lambda v: pv.infer.log_weights.log_joint(vae.model, v, x)[:2],
+    ):
+        v = {k: t.clone().requires_grad_(True) for k, t in z.items()}
+        log_p, log_lik = fn(v)
+        grads = torch.autograd.grad((log_p + log_lik).sum(), [v["z1"], v["z2"]])
+        results.append((log_p.detach(), log_lik.detach(), *grads))
+    assert results[0][0].shape == (4, 5)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"latent sites \['z1', 'z2'\], got \['z1'\]"):
+        vae.log_joint(x, {"z1": z["z1"]})

@@ -313,3 +313,85 @@ def test_the_construction_check_keeps_dtype_device_and_batch_norm_state():
     assert int(guide.norm.num_batches_tracked) == 0 and guide.training
     assert torch.equal(guide.norm.running_var, torch.ones(6, dtype=torch.float64))
     assert vae.training
+
+
+# -- the own log joint (annealed importance sampling's fast path) -------------------------------
+
+
+def _log_joint_both(vae, x, latents):
+    """``((log p, log lik), grads)`` of the VAE's own log_joint and of the Pyro program's, at
+    copies of ``latents`` that require grad (the gradient of log p + log lik, so both count)."""
+    out = []
+    for fn in (
+        lambda z: vae.log_joint(x, z, 100),
+        lambda z: pv.infer.log_weights.log_joint(vae.model, z, x, num_data=100)[:2],
+    ):
+        z = {k: v.clone().requires_grad_(True) for k, v in latents.items()}
+        log_p, log_lik = fn(z)
+        grads = torch.autograd.grad((log_p + log_lik).sum(), list(z.values()))
+        out.append(((log_p.detach(), log_lik.detach()), dict(zip(z, grads))))
+    return out
+
+
+@pytest.mark.parametrize(
+    "prior,likelihood",
+    [
+        ("normal", "bernoulli"),
+        ("vamp", "bernoulli"),
+        ("mixture", "bernoulli"),
+        ("normal", "gaussian"),
+    ],
+)
+def test_own_log_joint_equals_the_pyro_program_s(prior, likelihood):
+    torch.manual_seed(0)
+    vae = pv.VAE(6, 3, (8,), prior=prior, likelihood=likelihood, num_components=3).double()
+    x = torch.bernoulli(torch.rand(5, 6, generator=torch.Generator().manual_seed(1))).double()
+    z = {"z": 1.5 * torch.randn(4, 5, 3, dtype=torch.float64)}
+    (own, own_grads), (program, program_grads) = _log_joint_both(vae, x, z)
+    assert own[0].shape == (4, 5) and own[1].shape == (4, 5)
+    for a, b in zip(own, program):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(own_grads["z"], program_grads["z"], rtol=1e-10, atol=1e-12)
+
+
+def test_own_log_joint_is_none_where_the_program_is_not_its_own():
+    class Changed(pv.VAE):
+        log_weights = None  # the documented opt-out of a subclass that changes the program
+
+    torch.manual_seed(0)
+    vae, x = Changed(6, 3, (8,)), torch.zeros(2, 6)
+    assert vae.log_joint(x, {"z": torch.zeros(1, 2, 3)}) is None
+    with pytest.raises(ValueError, match=r"latent sites \['z'\], got \['w'\]"):
+        pv.VAE(6, 3, (8,)).log_joint(x, {"w": torch.zeros(1, 2, 3)})
+
+
+@pytest.mark.parametrize("prior", ["normal", "vamp"])
+def test_ais_uses_the_own_log_joint_and_falls_back_where_it_is_none(prior):
+    """The same draws and the same estimate through the own log joint (used at every leapfrog
+    step) and through the Pyro program (a subclass whose log_joint returns None); a mixture
+    prior's support is unwrapped to its components' (real) for the unconstrained space."""
+
+    class Counting(pv.VAE):
+        calls = 0
+
+        def log_joint(self, x, latents, num_data=None):
+            type(self).calls += 1
+            return super().log_joint(x, latents, num_data)
+
+    class Traced(pv.VAE):
+        def log_joint(self, x, latents, num_data=None):
+            return None
+
+    torch.manual_seed(0)
+    Counting.calls = 0
+    vae = Counting(6, 3, (8,), prior=prior, num_components=3).double()
+    traced = Traced(6, 3, (8,), prior=prior, num_components=3).double()
+    traced.load_state_dict(vae.state_dict())
+    x = torch.bernoulli(torch.rand(4, 6, generator=torch.Generator().manual_seed(1))).double()
+    kw = dict(num_steps=4, num_chains=3, leapfrog_steps=2, adapt_chains=0, return_stats=True)
+    pyro.set_rng_seed(2)
+    fast = pv.ais_log_likelihood(vae.model, vae.guide, x, **kw)
+    pyro.set_rng_seed(2)
+    slow = pv.ais_log_likelihood(traced.model, traced.guide, x, **kw)
+    assert Counting.calls == 1 + 3 * 2 + 1  # the check, every leapfrog step, the first state
+    torch.testing.assert_close(fast.log_weights, slow.log_weights, rtol=1e-10, atol=1e-10)

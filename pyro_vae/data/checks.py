@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_data", "check_finite", "value_range", "is_integral"]
+__all__ = ["check_data", "check_finite", "value_range", "is_integral", "forget"]
 
 #: elements per block of the integrality pass: ``frac`` and ``any`` on one block stay in cache
 _BLOCK = 2**16
@@ -24,11 +24,15 @@ _BLOCK = 2**16
 # (memory, layout, what) -> (weak reference, version, result). A hit needs the tensor checked
 # alive (so its memory cannot have been reused) and neither it nor the tensor asked about
 # modified since: views (e.g. the reshape that as_tensor returns) share a version counter, so a
-# write through any of them shows.
+# write through any of them shows. Writes that bypass torch's version counter (through
+# ``x.data``, or a numpy array sharing the memory via ``torch.from_numpy``) are not seen:
+# :func:`forget` clears the memo after such a write.
 _memo: dict[tuple, tuple[weakref.ref, int, object]] = {}
 
 
 def _remembered(x: torch.Tensor, what: str, compute: Callable[[], object]):
+    if x.is_inference():  # made under torch.inference_mode(): no version counter to trust
+        return compute()
     key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device, what)
     hit = _memo.get(key)
     if hit is not None:
@@ -50,6 +54,11 @@ def _remembered(x: torch.Tensor, what: str, compute: Callable[[], object]):
         return result
     _memo[key] = (ref, x._version, result)
     return result
+
+
+def forget() -> None:
+    """Clear the memo of checked tensors (after writing to one behind torch's back)."""
+    _memo.clear()
 
 
 def value_range(x: torch.Tensor) -> tuple[float, float]:

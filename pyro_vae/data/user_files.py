@@ -226,7 +226,7 @@ def _image_shape(x: np.ndarray, given: Sequence[int] | None, what: str) -> tuple
             raise ValueError(
                 f"{what} is flat, {list(x.shape)}, and {d} is not a square number of pixels, so "
                 "the image shape cannot be inferred; give it, e.g. --image-shape 1,H,W (or "
-                "image_shape=(1, H, W)) with H*W = {d}, or save the images as [N, H, W]"
+                f"image_shape=(1, H, W)) with H*W = {d}, or save the images as [N, H, W]"
             )
         return x, (side, side)
     if x.ndim == 3:
@@ -371,49 +371,12 @@ def load_user_data(path: str | os.PathLike, image_shape: Sequence[int] | None = 
         raise DatasetNotFoundError(f"no such file or folder: {given}; --dataset takes {_FORMATS}")
     resolved = given.resolve()
     roles, names, kind = _read(given)
-    splits = ("train", "test") if "train" in roles else ("x",)
-    shaped = {}
-    shape = None
-    for role in splits:
-        what = f"{given.name} ({role})" if role != "x" else given.name
-        x, s = _image_shape(roles[role], image_shape, what)
-        if shape is not None and s != shape:
-            raise ValueError(
-                f"{given.name}: the train images are {shape} but the test images are {s}; "
-                "both splits need the same image shape"
-            )
-        shaped[role], shape = x, s
+    shaped, shape = _shaped_images(roles, image_shape, given.name)
     scale = _pixel_scale(list(shaped.values()), given)
-    xs = {
-        role: _pixels(x, scale, given.name if role == "x" else f"{given.name} ({role})")
-        for role, x in shaped.items()
-    }
-    label_role = {"train": "train_labels", "test": "test_labels", "x": "y"}
-    ys, label_names = {}, names
-    for role, x in xs.items():
-        ys[role], label_names = _labels(
-            roles.get(label_role[role]), len(x), f"{given.name} ({label_role[role]})", label_names
-        )
-    raw = [roles[label_role[r]] for r in xs if label_role[r] in roles]
-    if len({y.dtype.kind in "US" for y in raw}) > 1:
-        raise TypeError(
-            f"{given.name}: one split's labels are strings and the other's numbers; use one kind"
-        )
-    if raw and raw[0].dtype.kind in "US":
-        converted, label_names = _string_labels(raw)
-        ys = dict(zip(xs, converted, strict=True))
+    xs = {role: _pixels(x, scale, _what(given.name, role)) for role, x in shaped.items()}
+    ys, label_names = _split_labels(roles, xs, names, given.name)
     if "x" in xs:
-        train_idx, test_idx = _split(len(xs["x"]), given)
-        x, y = xs["x"], ys["x"]
-        xs = {"train": x[train_idx], "test": x[test_idx]}
-        ys = {
-            "train": None if y is None else y[train_idx],
-            "test": None if y is None else y[test_idx],
-        }
-        split = (
-            f"one array of {len(x):,} images, split at random (seed {SPLIT_SEED}) into "
-            f"{len(train_idx):,} train / {len(test_idx):,} test"
-        )
+        xs, ys, split = _split_one_array(xs["x"], ys["x"], given)
     else:
         split = f"train {len(xs['train']):,} / test {len(xs['test']):,} images as given"
     labelled = "labelled" if ys["train"] is not None else "unlabelled"
@@ -427,6 +390,69 @@ def load_user_data(path: str | os.PathLike, image_shape: Sequence[int] | None = 
         source=f"{kind} {resolved}: {split}, {labelled}, image shape {_shape_text(shape)}",
         label_names=label_names,
     )
+
+
+def _what(name: str, role: str) -> str:
+    """How a message names the images of ``role`` in the file ``name``."""
+    return name if role == "x" else f"{name} ({role})"
+
+
+#: the labels' role of each images' role
+_LABEL_ROLE = {"train": "train_labels", "test": "test_labels", "x": "y"}
+
+
+def _shaped_images(
+    roles: dict[str, Any], image_shape: Sequence[int] | None, name: str
+) -> tuple[dict[str, np.ndarray], tuple]:
+    """``({role: images channels first}, image shape)`` of the train and test arrays (or the
+    one array ``x``), which must share the image shape."""
+    splits = ("train", "test") if "train" in roles else ("x",)
+    shaped, shape = {}, None
+    for role in splits:
+        x, s = _image_shape(roles[role], image_shape, _what(name, role))
+        if shape is not None and s != shape:
+            raise ValueError(
+                f"{name}: the train images are {shape} but the test images are {s}; "
+                "both splits need the same image shape"
+            )
+        shaped[role], shape = x, s
+    return shaped, shape
+
+
+def _split_labels(
+    roles: dict[str, Any], xs: dict[str, torch.Tensor], names: tuple[str, ...], name: str
+) -> tuple[dict[str, torch.Tensor | None], tuple[str, ...]]:
+    """``({role: int64 labels or None}, class names)`` for the images ``xs``: every split's
+    labels numbers, or every split's strings (indices into their sorted names)."""
+    ys, label_names = {}, names
+    for role, x in xs.items():
+        label = _LABEL_ROLE[role]
+        ys[role], label_names = _labels(roles.get(label), len(x), f"{name} ({label})", label_names)
+    raw = [roles[_LABEL_ROLE[r]] for r in xs if _LABEL_ROLE[r] in roles]
+    if len({y.dtype.kind in "US" for y in raw}) > 1:
+        raise TypeError(
+            f"{name}: one split's labels are strings and the other's numbers; use one kind"
+        )
+    if raw and raw[0].dtype.kind in "US":
+        converted, label_names = _string_labels(raw)
+        ys = dict(zip(xs, converted, strict=True))
+    return ys, label_names
+
+
+def _split_one_array(x: torch.Tensor, y: torch.Tensor | None, given: Path) -> tuple:
+    """``({"train", "test"} images, the same of labels, a sentence stating the split)`` of
+    one array, split at random with :data:`SPLIT_SEED`."""
+    train_idx, test_idx = _split(len(x), given)
+    xs = {"train": x[train_idx], "test": x[test_idx]}
+    ys = {
+        "train": None if y is None else y[train_idx],
+        "test": None if y is None else y[test_idx],
+    }
+    split = (
+        f"one array of {len(x):,} images, split at random (seed {SPLIT_SEED}) into "
+        f"{len(train_idx):,} train / {len(test_idx):,} test"
+    )
+    return xs, ys, split
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

@@ -230,6 +230,11 @@ class TensorBoardLogger(_Tracker):
         self.writer.file_writer.add_summary(sei)
         self.writer.close()
 
+    def on_run_error(self, error):
+        if self.writer is not None:
+            self.writer.add_text("error", f"{type(error).__name__}: {error}", self.epoch)
+            self.writer.close()
+
 
 def _mlflow_default_uri(root: Path) -> str:
     # MLflow 3's file store (file:./mlruns) refuses to start ("maintenance mode") unless
@@ -260,7 +265,7 @@ class MLflowLogger(_Tracker):
         super().__init__(root)
         self._mlflow = _require("mlflow", "mlflow", self.what)
         self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
-        self.client = self.run_id = None
+        self.client = self.run_id = self.resolved_uri = None
 
     def on_run_start(self, config):
         super().on_run_start(config)
@@ -272,7 +277,7 @@ class MLflowLogger(_Tracker):
             root = self._root(config)
             root.mkdir(parents=True, exist_ok=True)
             uri, artifacts = _mlflow_default_uri(root), (root / "artifacts").resolve().as_uri()
-        self.tracking_uri = uri
+        self.resolved_uri = uri  # this run's store; the next run resolves its own again
         self.client = self._mlflow.MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(self.experiment)
         experiment_id = (
@@ -311,6 +316,12 @@ class MLflowLogger(_Tracker):
     def on_run_end(self, results):
         self.client.log_dict(self.run_id, _jsonable(results), "results.json")
         self.client.set_terminated(self.run_id, "FINISHED")
+
+    def on_run_error(self, error):
+        if self.run_id is not None:
+            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            self.client.set_tag(self.run_id, "error", f"{type(error).__name__}: {error}")
+            self.client.set_terminated(self.run_id, status)
 
 
 def _wandb_logged_in() -> bool:
@@ -405,6 +416,11 @@ class WandbLogger(_Tracker):
             {k: v for k, v in summary_scalars(results).items() if math.isfinite(v)}
         )
         self.run.finish()
+
+    def on_run_error(self, error):
+        if self.run is not None:
+            self.run.summary["error"] = f"{type(error).__name__}: {error}"
+            self.run.finish(exit_code=1)
 
 
 #: ``--logger`` names and their loggers

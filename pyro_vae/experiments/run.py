@@ -278,20 +278,18 @@ def run_experiment(
 
     ``distributed=True``: every process of the initialized ``torch.distributed`` group calls this
     with the same arguments (see :mod:`pyro_vae.training.distributed`); they train one model
-    together (``train_config.batch_size`` per process) and shard the test evaluation; only rank 0
-    logs and writes ``out_dir``. Every rank returns the same results (rank 0's also list the
-    figures). ``out_dir`` is checked first (:func:`check_out_dir`): one holding a run needs
-    ``resume`` (``override``: the settings that may change) or ``overwrite``. ``gold`` adds AIS
-    and the inference gaps on the first test images (:mod:`pyro_vae.experiments.gold_standard`).
-
-    ``callbacks`` (:mod:`pyro_vae.training.callbacks`; loggers such as
-    :class:`~pyro_vae.experiments.loggers.TensorBoardLogger`) see the run on rank 0: its start
-    (the config with the data set), each epoch and evaluation, the figures, and its end with
-    the ``results.json`` dict.
+    together (``train_config.batch_size`` per process), shard the test evaluation and return
+    the same results; only rank 0 logs and writes ``out_dir`` (checked first,
+    :func:`check_out_dir`: a run there needs ``resume``, ``override`` naming the settings that
+    may change, or ``overwrite``). ``gold`` adds AIS and the inference gaps on the first test
+    images (:mod:`~pyro_vae.experiments.gold_standard`). ``callbacks`` (loggers such as
+    :class:`~pyro_vae.experiments.loggers.TensorBoardLogger`) see the run on rank 0, from its
+    start (the config with the data set) to its end (the ``results.json`` dict).
     """
-    t_start = time.perf_counter()
+    clock = {"start": time.perf_counter()}
     callbacks = CallbackList(callbacks)  # a wrong one fails here, before any work
     ctx = get_context() if distributed else None
+    _refuse_gold_under_ddp(ctx, gold)
     main = ctx is None or ctx.is_main
     log = log if main else _silent
     device = _run_device(train_config, ctx)
@@ -304,65 +302,97 @@ def run_experiment(
     data, train_x, binarize, kind = _subsets(
         data, model_config.likelihood, train_config.seed, train_size, test_size
     )
-    test_x = data.test_x
+    test_x = data.test_x.to(device)
     train_config = replace(train_config, binarize=binarize)
     model_config = for_images(model_config, data)
-    t_data = time.perf_counter()
-    torch.manual_seed(train_config.seed)  # the initial weights depend on the seed alone
-    vae = build_model(model_config)
-    n_params = sum(p.numel() for p in vae.parameters())
-    log(_model_line(n_params, len(train_x), len(test_x), device, ctx, train_config.batch_size))
-    run_info = {
-        "dataset": data.name,
-        "train_size": len(train_x),
-        "test_size": len(test_x),
-        "num_parameters": n_params,
-    }
-    result = train(
-        vae,
-        train_x,
-        test_x,
-        train_config,
-        out_dir=out,
-        resume=resume,
-        callbacks=[lambda r: log(epoch_line(r)), _InTraining(callbacks, run_info)],
-        distributed=distributed,
-        override=override,
-    )
-    t_train = time.perf_counter()
-    final = _final_evaluation(vae, result, test_x.to(device), train_config, ctx)
-    gold_results = {}
-    if main and gold is not None and gold.enabled:
-        kw = dict(eval_samples=train_config.eval_samples, seed=train_config.seed, log=log)
-        gold_results = evaluate_gold(vae, test_x.to(device), gold, **kw)
-    t_eval = time.perf_counter()
-    results = {
-        "dataset": data.name,
-        "data_source": data.source,
-        "data_kind": kind,
-        "image_shape": list(data.image_shape),
-        **_metrics(final),
-        **gold_results,
-        **_timing(result.history),
-        **_setup(model_config, train_config, device, n_params, ctx),
-        "train_size": len(train_x),
-        "test_size": len(test_x),
-    }
-    if not main:
-        return results
+    clock["data"] = time.perf_counter()
+    vae, n_params = _model(model_config, train_config, len(train_x), len(test_x), device, ctx, log)
+    run_info = {**_data_entries(data, kind, len(train_x)), "num_parameters": n_params}
+    in_training = [lambda r: log(epoch_line(r)), _InTraining(callbacks, run_info)]
+    kw = dict(out_dir=out, resume=resume, distributed=distributed, override=override)
+    result = train(vae, train_x, test_x, train_config, callbacks=in_training, **kw)
+    clock["trained"] = time.perf_counter()
+    try:
+        final = _final_evaluation(vae, result, test_x, train_config, ctx)
+        clock["evaluated"] = time.perf_counter()
+        setup = _setup(model_config, train_config, device, n_params, ctx)
+        results = {**run_info, **_metrics(final), **_timing(result.history), **setup}
+        if main:
+            _finish(
+                vae, data, test_x, result, final, results, out, figures, gold, clock, callbacks, log
+            )
+    except BaseException as e:
+        if main:
+            callbacks.on_run_error(e)
+        raise
+    return results
+
+
+def _finish(vae, data, test_x, result, final, results, out, figures, gold, clock, callbacks, log):
+    """On rank 0: report a new final evaluation, draw the figures, write ``results.json`` and
+    the summary, add AIS and the gaps, and end the callbacks' run."""
     if final is not result.evaluation:  # a new evaluation, after training
         callbacks.on_evaluation({**final, "epoch": len(result.history)})
     if figures:
         vae.eval()
-        results["figures"] = _figures(vae, data, test_x.to(device), result.history, out)
+        results["figures"] = _figures(vae, data, test_x, result.history, out)
         callbacks.on_figures([out / name for name in results["figures"]])
-    results["wall_seconds"] = _wall_seconds(
-        t_start, t_data, t_train, t_eval, time.perf_counter(), result.eval_seconds
-    )
+    clock["end"] = time.perf_counter()
+    results["wall_seconds"] = _wall_seconds(clock, result.eval_seconds)
     atomic_write_json(out / RESULTS_NAME, results)
     log(summary(results, out))
+    if gold is not None and gold.enabled:
+        train_config = TrainConfig.from_dict(results["train"])
+        _add_gold(vae, test_x, gold, train_config, results, out, log)
     callbacks.on_run_end(results)
-    return results
+
+
+def _model(model_config, train_config, n_train: int, n_test: int, device, ctx, log):
+    """The model of ``model_config`` (its initial weights from the seed alone) and its size."""
+    torch.manual_seed(train_config.seed)
+    vae = build_model(model_config)
+    n_params = sum(p.numel() for p in vae.parameters())
+    log(_model_line(n_params, n_train, n_test, device, ctx, train_config.batch_size))
+    return vae, n_params
+
+
+def _refuse_gold_under_ddp(ctx, gold: GoldStandard | None) -> None:
+    if ctx is not None and gold is not None and gold.enabled:
+        raise ValueError(
+            "AIS and the inference gaps (--ais-steps, --gaps) run in one process: train with "
+            "torchrun without them, then rerun the same command in one process with --resume "
+            "and them (the finished run is evaluated again)"
+        )
+
+
+def _data_entries(data: ImageData, kind: str, n_train: int) -> dict[str, Any]:
+    """What ``results.json`` (and the run-start config of the callbacks) says of the data."""
+    return {
+        "dataset": data.name,
+        "data_source": data.source,
+        "data_kind": kind,
+        "image_shape": list(data.image_shape),
+        "train_size": n_train,
+        "test_size": len(data.test_x),
+    }
+
+
+def _add_gold(vae, test_x, gold, train_config, results, out, log) -> None:
+    """AIS and the gaps into ``results`` (already written without them), written again. A
+    failure is recorded and said; the rest of the run's results stay as written."""
+    t0 = time.perf_counter()
+    kw = dict(eval_samples=train_config.eval_samples, seed=train_config.seed, log=log)
+    try:
+        results.update(evaluate_gold(vae, test_x, gold, **kw))
+    except Exception as e:  # noqa: BLE001 - the trained run must not be lost to it
+        results["gold_standard_error"] = f"{type(e).__name__}: {e}"
+        log(
+            f"warning: AIS / the inference gaps failed ({results['gold_standard_error']}); "
+            f"{out / RESULTS_NAME} holds the run's other results"
+        )
+    results["wall_seconds"]["evaluation"] += time.perf_counter() - t0
+    results["wall_seconds"]["total"] += time.perf_counter() - t0
+    atomic_write_json(out / RESULTS_NAME, results)
 
 
 class _InTraining(Callback):
@@ -381,17 +411,21 @@ class _InTraining(Callback):
     def on_evaluation(self, results):
         self.callbacks.on_evaluation(results)
 
+    def on_run_error(self, error):
+        self.callbacks.on_run_error(error)
 
-def _wall_seconds(start, data, trained, evaluated, end, eval_in_training) -> dict[str, float]:
+
+def _wall_seconds(clock: dict[str, float], eval_in_training: float) -> dict[str, float]:
     """Where this call's wall time went: loading and preparing the data; training (``train``
     less its test evaluations, model building included); evaluating (those evaluations and the
-    final one, when it was not the last epoch's); the figures; and in all."""
+    final one, when it was not the last epoch's; AIS and the gaps are added when they ran); the
+    figures; and in all."""
     return {
-        "data": data - start,
-        "training": trained - data - eval_in_training,
-        "evaluation": eval_in_training + evaluated - trained,
-        "figures": end - evaluated,
-        "total": end - start,
+        "data": clock["data"] - clock["start"],
+        "training": clock["trained"] - clock["data"] - eval_in_training,
+        "evaluation": eval_in_training + clock["evaluated"] - clock["trained"],
+        "figures": clock["end"] - clock["evaluated"],
+        "total": clock["end"] - clock["start"],
     }
 
 

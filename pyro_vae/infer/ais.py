@@ -58,15 +58,17 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.runtime import am_i_wrapped
-from torch.distributions import biject_to, constraints
 
 from ..model.flows import FlowNotInvertible
+from .batching import chunks, tile_elements
+from .inputs import check_owner_data
 from .log_weights import (
     fixed_log_density,
     latent_sites,
@@ -74,8 +76,10 @@ from .log_weights import (
     log_weights,
     sample_prior,
 )
+from .unconstrained import support_transform
 
 __all__ = [
+    "AISOptions",
     "AISResult",
     "ais_log_likelihood",
     "annealing_schedule",
@@ -87,9 +91,6 @@ __all__ = [
 INITIALS = ("guide", "prior")
 #: the annealing schedules b_0..b_T
 SCHEDULES = ("sigmoid", "linear")
-#: elements of one ``[chains, batch, D]`` tensor; lower than log_likelihood's, since every
-#: leapfrog step keeps the decoder's activations for a backward pass
-DEFAULT_MAX_ELEMENTS = 2**22
 #: the multiplicative step-size rule of the pilot: log eps += rate * (acceptance - target)
 ADAPT_RATE = 0.5
 #: the sigmoid schedule's steepness (Grosse, Ghahramani & Adams 2015)
@@ -142,19 +143,7 @@ def _check_steps(num_steps) -> None:
         )
 
 
-def _chunks(total: int, size: int):
-    """``(start, size)`` pairs covering ``range(total)``."""
-    for start in range(0, total, size):
-        yield start, min(size, total - start)
-
-
 # -- the unconstrained space -------------------------------------------------------------------
-def _is_real(support) -> bool:
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is constraints.real
-
-
 class _Site(NamedTuple):
     name: str
     transform: object  # None for a real-valued site: u is z
@@ -178,7 +167,7 @@ class _Space:
                     f"model (sum over its values), or estimate log p(x) by importance sampling "
                     f"with pyro_vae.log_likelihood"
                 )
-            transform = None if _is_real(fn.support) else biject_to(fn.support)
+            transform = support_transform(fn)
             value = site["value"]
             u = value if transform is None else transform.inv(value)
             moved = u.movedim(num_dims - 1, 1)
@@ -253,6 +242,12 @@ _PRIOR_HINT = (
 )
 
 
+def _not_evaluable(e: Exception) -> ValueError:
+    """The error for a guide that raised ``e`` (one of ``_NOT_EVALUABLE``) when asked for log q
+    at a point it did not draw."""
+    return ValueError(f"{_PRIOR_HINT} (the guide raised {type(e).__name__}: {e})")
+
+
 class _Target:
     """log q0 and log p(x, z) at any ``u``, with their gradients (``torch.enable_grad`` even
     under ``no_grad``). Chains and datapoints are independent, so the gradient of the sum over
@@ -284,7 +279,7 @@ class _Target:
                 self.guide, z, self.x, max_plate_nesting=self.nesting, **self.kwargs
             ).log_p
         except _NOT_EVALUABLE as e:
-            raise ValueError(f"{_PRIOR_HINT} (the guide raised {type(e).__name__}: {e})") from e
+            raise _not_evaluable(e) from e
 
     def __call__(self, u: torch.Tensor) -> _State:
         with torch.enable_grad():
@@ -412,7 +407,33 @@ def _initial_latents(model, guide, x, initial, num_chains, nesting, kwargs) -> d
     return {s["name"]: s["value"].detach() for s in latent_sites(lw.traces[1])}
 
 
-class _Options(NamedTuple):
+@dataclass(frozen=True)
+class AISOptions:
+    """The keyword options of :func:`ais_log_likelihood` that :func:`~pyro_vae.bdmc` shares,
+    as they were given (see :func:`ais_log_likelihood` for each; checked by the run)."""
+
+    initial: str
+    schedule: str
+    leapfrog_steps: int
+    step_size: float
+    target_accept: float
+    adapt_chains: int
+    adapt_warmup: int
+    adapt_steps: int
+    batch_size: int | None
+    max_elements: int | None
+    max_plate_nesting: int
+
+    @classmethod
+    def of(cls, values: Mapping[str, object]) -> AISOptions:
+        """The options among ``values`` by name, e.g. the ``locals()`` of a function that takes
+        them all as keywords."""
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+class _Plan(NamedTuple):
+    """The checked options of one run, with its annealing schedules."""
+
     initial: str
     betas: torch.Tensor
     leapfrog_steps: int
@@ -474,7 +495,7 @@ def _own_log_joint(model, x, z0, joint, kwargs):
     return None
 
 
-def _setup(model, guide, x, opts: _Options, num_chains, kwargs, *, validated: bool):
+def _setup(model, guide, x, opts: _Plan, num_chains, kwargs, *, validated: bool):
     """q0's draws, the unconstrained space from the model's trace, the target and the chains'
     initial state. The first evaluation runs with Pyro's validation as set (the user's model
     meets it there); the annealing runs without it (its checks of every leapfrog step's
@@ -493,7 +514,7 @@ def _setup(model, guide, x, opts: _Options, num_chains, kwargs, *, validated: bo
                 with pyro.validation_enabled(False):
                     density = fixed_log_density(guide, z0, x, max_plate_nesting=nesting, **kwargs)
             except _NOT_EVALUABLE as e:
-                raise ValueError(f"{_PRIOR_HINT} (the guide raised {type(e).__name__}: {e})") from e
+                raise _not_evaluable(e) from e
         target = _Target(model, guide, x, opts.initial, space, nesting, kwargs, density, own)
         # at copies of the draws: a flow's cached inverse of its own draw must not hide that
         # its log q cannot be evaluated anywhere else
@@ -501,7 +522,7 @@ def _setup(model, guide, x, opts: _Options, num_chains, kwargs, *, validated: bo
     return space, target, state
 
 
-def _batch(model, guide, x, opts: _Options, num_chains, chain_chunk, kwargs, start_latents=None):
+def _batch(model, guide, x, opts: _Plan, num_chains, chain_chunk, kwargs, start_latents=None):
     """Forward AIS (and, given the generating ``start_latents``, reverse AIS) for one batch of
     datapoints ``x [B, ...]``: ``(forward log w [C, B], acceptance [B], mean step size [B],
     reverse log w [C, B] or None, reverse acceptance [B] or None)``."""
@@ -526,7 +547,7 @@ def _batch(model, guide, x, opts: _Options, num_chains, chain_chunk, kwargs, sta
             )
         schedule = _interpolate(log_eps, opts.pilot_betas[1:-1], opts.betas[1:-1])
     fwd, acc, rev, rev_acc = [], 0.0, [], 0.0
-    for _, c in _chunks(num_chains, chain_chunk):
+    for _, c in chunks(num_chains, chain_chunk):
         space, target, state = _setup(model, guide, x, opts, c, kwargs, validated=validated)
         validated = False
         if schedule is None:  # no pilot: the given step size throughout, in the latents' dtype
@@ -573,12 +594,28 @@ def _summary(log_w: torch.Tensor, acceptance, step_size, sign: float = 1.0) -> A
     )
 
 
-def _check_model_data(model, data, check_data: bool) -> None:
-    if not isinstance(data, torch.Tensor) or data.dim() < 1 or len(data) == 0:
-        raise ValueError("data must be a non-empty tensor of shape [N, ...]")
-    check = getattr(getattr(model, "__self__", None), "check_data", None)
-    if check_data and callable(check):
-        check(data, "data")
+def _plan(num_steps, num_chains, guide, o: AISOptions) -> _Plan:
+    """The options checked, and the run's and the pilot's annealing schedules."""
+    _check_steps(num_steps)
+    _check_options(
+        o.initial, num_chains, o.leapfrog_steps, o.step_size, o.target_accept, o.adapt_chains
+    )
+    if not isinstance(o.adapt_steps, int) or o.adapt_steps < 1:
+        raise ValueError(f"adapt_steps must be an integer >= 1, got {o.adapt_steps!r}")
+    if guide is None and o.initial == "guide":
+        raise ValueError("no guide given: pass one, or start from the prior with initial='prior'")
+    pilot_steps = max(2, min(num_steps, o.adapt_steps))
+    return _Plan(
+        o.initial,
+        annealing_schedule(num_steps, o.schedule, dtype=torch.float64),
+        o.leapfrog_steps,
+        float(o.step_size),
+        float(o.target_accept),
+        o.adapt_chains,
+        int(o.adapt_warmup),
+        annealing_schedule(pilot_steps, o.schedule, dtype=torch.float64),
+        o.max_plate_nesting,
+    )
 
 
 def _run(
@@ -587,50 +624,28 @@ def _run(
     data,
     num_steps,
     num_chains,
+    options: AISOptions,
     *,
-    initial,
-    schedule,
-    leapfrog_steps,
-    step_size,
-    target_accept,
-    adapt_chains,
-    adapt_warmup,
-    adapt_steps,
-    batch_size,
-    max_elements,
-    max_plate_nesting,
     check_data,
     kwargs,
     start_latents=None,
 ):
     """The shared driver of :func:`ais_log_likelihood` and :func:`~pyro_vae.bdmc`:
     ``(forward AISResult, reverse AISResult or None)``."""
-    _check_model_data(model, data, check_data)
-    _check_steps(num_steps)
-    _check_options(initial, num_chains, leapfrog_steps, step_size, target_accept, adapt_chains)
-    if not isinstance(adapt_steps, int) or adapt_steps < 1:
-        raise ValueError(f"adapt_steps must be an integer >= 1, got {adapt_steps!r}")
-    if guide is None and initial == "guide":
-        raise ValueError("no guide given: pass one, or start from the prior with initial='prior'")
+    check_owner_data(model, data, check_data)
+    opts = _plan(num_steps, num_chains, guide, options)
     dtype = data.dtype if data.is_floating_point() else torch.get_default_dtype()
-    opts = _Options(
-        initial,
-        annealing_schedule(num_steps, schedule, dtype=torch.float64),
-        leapfrog_steps,
-        float(step_size),
-        float(target_accept),
-        adapt_chains,
-        int(adapt_warmup),
-        annealing_schedule(max(2, min(num_steps, adapt_steps)), schedule, dtype=torch.float64),
-        max_plate_nesting,
-    )
+    max_elements = options.max_elements
+    if max_elements is None:
+        max_elements = tile_elements(data.device, keeps_graph=True)
     n, d = len(data), max(1, data[0].numel())
     chain_chunk = max(1, min(num_chains, max_elements // d))
+    batch_size = options.batch_size
     if batch_size is None:
         batch_size = max(1, min(n, max_elements // (d * chain_chunk)))
     fwd, acc, step, rev, rev_acc = [], [], [], [], []
-    data_dim = max_plate_nesting - 1  # of a latent's value without the chain dim
-    for start, b in _chunks(n, batch_size):
+    data_dim = opts.nesting - 1  # of a latent's value without the chain dim
+    for start, b in chunks(n, batch_size):
         x = data[start : start + b]
         latents = None
         if start_latents is not None:
@@ -667,7 +682,7 @@ def ais_log_likelihood(
     adapt_steps: int = 100,
     return_stats: bool = False,
     batch_size: int | None = None,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_elements: int | None = None,
     max_plate_nesting: int = 1,
     check_data: bool = True,
     **kwargs,
@@ -695,6 +710,8 @@ def ais_log_likelihood(
             the run's schedule, so the pilot's cost does not grow with ``num_steps``).
         batch_size: datapoints per run (default: as many as keep ``[C, batch, D]`` under
             ``max_elements``).
+        max_elements: default :func:`~pyro_vae.infer.batching.tile_elements` of the data's
+            device with ``keeps_graph=True`` (2**22 on a CPU).
         check_data: run the model object's ``check_data`` first, where it has one.
         **kwargs: passed to model and guide (e.g. ``num_data``).
     Returns:
@@ -705,24 +722,8 @@ def ais_log_likelihood(
             site, a latent outside the data plate, or a guide whose log q cannot be evaluated
             at arbitrary points (use ``initial="prior"``).
     """
+    options = AISOptions.of(locals())
     forward, _ = _run(
-        model,
-        guide,
-        data,
-        num_steps,
-        num_chains,
-        initial=initial,
-        schedule=schedule,
-        leapfrog_steps=leapfrog_steps,
-        step_size=step_size,
-        target_accept=target_accept,
-        adapt_chains=adapt_chains,
-        adapt_warmup=adapt_warmup,
-        adapt_steps=adapt_steps,
-        batch_size=batch_size,
-        max_elements=max_elements,
-        max_plate_nesting=max_plate_nesting,
-        check_data=check_data,
-        kwargs=kwargs,
+        model, guide, data, num_steps, num_chains, options, check_data=check_data, kwargs=kwargs
     )
     return forward if return_stats else forward.log_likelihood

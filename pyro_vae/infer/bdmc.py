@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-from .ais import DEFAULT_MAX_ELEMENTS, _run
+from .ais import AISOptions, _run
+from .inputs import require_data
 from .log_weights import simulate
 
 __all__ = ["bdmc"]
@@ -41,7 +42,7 @@ def bdmc(
     adapt_warmup: int = 20,
     adapt_steps: int = 100,
     batch_size: int | None = None,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_elements: int | None = None,
     max_plate_nesting: int = 1,
     **kwargs,
 ) -> dict:
@@ -62,8 +63,34 @@ def bdmc(
         ValueError: a model with other than one observed site, or whose observed site is not
             shaped like ``like``; and those of :func:`~pyro_vae.ais_log_likelihood`.
     """
-    if not isinstance(like, torch.Tensor) or like.dim() < 1 or len(like) == 0:
-        raise ValueError("like must be a non-empty tensor of shape [N, ...]")
+    require_data(like, "like")
+    data, latents = _simulate(model, like, max_plate_nesting, kwargs)
+    options = AISOptions.of(locals())
+    lower, upper = _run(
+        model,
+        guide,
+        data,
+        num_steps,
+        num_chains,
+        options,
+        check_data=False,
+        kwargs=kwargs,
+        start_latents=latents,
+    )
+    return {
+        "data": data,
+        "latents": latents,
+        "lower": lower.log_likelihood,
+        "upper": upper.log_likelihood,
+        "gap": float((upper.log_likelihood - lower.log_likelihood).mean()),
+        "lower_stats": lower,
+        "upper_stats": upper,
+    }
+
+
+def _simulate(model, like: torch.Tensor, max_plate_nesting: int, kwargs) -> tuple:
+    """``(data shaped like like, {site: latents that generated it})``: one ancestral draw of
+    the model, its one observed site's value taken as the data."""
     observed, latents = simulate(model, like, max_plate_nesting=max_plate_nesting, **kwargs)
     if len(observed) != 1:
         raise ValueError(
@@ -81,34 +108,4 @@ def bdmc(
             f"the model's observed site {name!r} has shape {list(data.shape)} for data of shape "
             f"{list(like.shape)}; bdmc needs the data to be that site's value"
         )
-    data = data.to(like.dtype) if like.is_floating_point() else data
-    lower, upper = _run(
-        model,
-        guide,
-        data,
-        num_steps,
-        num_chains,
-        initial=initial,
-        schedule=schedule,
-        leapfrog_steps=leapfrog_steps,
-        step_size=step_size,
-        target_accept=target_accept,
-        adapt_chains=adapt_chains,
-        adapt_warmup=adapt_warmup,
-        adapt_steps=adapt_steps,
-        batch_size=batch_size,
-        max_elements=max_elements,
-        max_plate_nesting=max_plate_nesting,
-        check_data=False,
-        kwargs=kwargs,
-        start_latents=latents,
-    )
-    return {
-        "data": data,
-        "latents": latents,
-        "lower": lower.log_likelihood,
-        "upper": upper.log_likelihood,
-        "gap": float((upper.log_likelihood - lower.log_likelihood).mean()),
-        "lower_stats": lower,
-        "upper_stats": upper,
-    }
+    return (data.to(like.dtype) if like.is_floating_point() else data), latents

@@ -12,7 +12,8 @@ import torch
 from pyro.infer.util import is_validation_enabled
 
 from .._device import fork_rng
-from ..data.checks import check_data as check_data_shape
+from .batching import CPU_TILE_ELEMENTS, CUDA_TILE_ELEMENTS, MIN_CHUNK, chunks, tile_elements
+from .inputs import check_model_data, check_owner_data
 from .log_weights import latent_sites, log_weights
 
 __all__ = [
@@ -25,23 +26,12 @@ __all__ = [
     "PerDatapoint",
     "summarize",
     "check_model_data",
+    # the tile sizes, from .batching (benchmarks/bench_eval.py imports them from here)
+    "CPU_TILE_ELEMENTS",
+    "CUDA_TILE_ELEMENTS",
+    "MIN_CHUNK",
+    "tile_elements",
 ]
-
-#: elements of one ``[k, B, D]`` tile of the K-sample evaluation on a CPU: a few MB, so that the
-#: decoder's output and the log-likelihood computed from it stay in the caches (an elementwise
-#: pass costs about 1.3 ns an element there and 3-5 ns out of them, see benchmarks/RESULTS.md)
-CPU_TILE_ELEMENTS = 2**20
-#: ... and on a GPU, where larger kernels fill the device
-CUDA_TILE_ELEMENTS = 2**25
-#: the default batch leaves room for tiles of at least min(K, this) samples: the Pyro program
-#: runs the guide once per tile, and every tile pays the interpreter's fixed cost
-MIN_CHUNK = 128
-
-
-def tile_elements(device: torch.device) -> int:
-    """Elements of one ``[k, B, D]`` tile of the evaluation on ``device``: cache-sized on a CPU,
-    large on a GPU. The memory of an evaluation is a few tiles, whatever K and N are."""
-    return CPU_TILE_ELEMENTS if torch.device(device).type == "cpu" else CUDA_TILE_ELEMENTS
 
 
 class LogLikelihood(NamedTuple):
@@ -56,16 +46,6 @@ class LogLikelihood(NamedTuple):
     stderr: torch.Tensor
     ess: torch.Tensor
     elbo: torch.Tensor
-
-
-def _chunks(total: int, size: int, first: int | None = None):
-    """``(start, size)`` pairs covering ``range(total)``; the first of ``first`` if given."""
-    start = 0
-    if first is not None and total > first:
-        yield 0, first
-        start = first
-    for s in range(start, total, size):
-        yield s, min(size, total - s)
 
 
 @torch.no_grad()
@@ -115,43 +95,43 @@ def log_likelihood(
     Returns:
         ``[N]`` log-likelihoods in nats, or a :class:`LogLikelihood` with ``return_stats=True``.
     """
-    if not isinstance(data, torch.Tensor) or data.dim() < 1 or len(data) == 0:
-        raise ValueError("data must be a non-empty tensor of shape [N, ...]")
-    # The model's own data check (shape, NaNs, the likelihood's support) where it has one, so
-    # that grayscale pixels under a Bernoulli get the library's message, not Pyro's.
-    owner = getattr(model, "__self__", None)
-    check = getattr(owner, "check_data", None)
-    if check_data and callable(check):
-        check(data, "data")
+    check_owner_data(model, data, check_data)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     n = data.shape[0]
-    d = max(1, data[0].numel())
+    batch_size, chunk_size = _sizes(data, num_samples, batch_size, chunk_size, max_elements)
+    own = fast_path and not kwargs and max_plate_nesting == 1 and _same_owner(model, guide)
+    program = _ProgramTiles(model, guide, max_plate_nesting, kwargs)
+    dtype = data.dtype if data.is_floating_point() else torch.get_default_dtype()
+    out = {k: torch.empty(n, dtype=dtype, device=data.device) for k in LogLikelihood._fields}
+    for start, b in chunks(n, batch_size):
+        x = data[start : start + b]
+        tiles = _own_tiles(model.__self__, x, program, first=start == 0) if own else None
+        own = tiles is not None
+        if tiles is None:
+            tiles = program.tiles(x)
+        acc = _LogSumExp()
+        for _, k in chunks(num_samples, chunk_size, tiles.first):
+            acc.add(tiles(k))
+        for key, value in acc.result(num_samples).items():
+            out[key][start : start + b] = value
+    if return_stats:
+        return LogLikelihood(**out)
+    return out["log_likelihood"]
+
+
+def _sizes(data, num_samples: int, batch_size, chunk_size, max_elements) -> tuple[int, int]:
+    """``(datapoints per batch, samples per tile)``, the given ones or the defaults: a batch
+    with room for tiles of min(K, MIN_CHUNK) samples, and tiles that keep one ``[tile, batch,
+    D]`` tensor under ``max_elements`` (default :func:`tile_elements` of the data's device)."""
+    n, d = data.shape[0], max(1, data[0].numel())
     if max_elements is None:
         max_elements = tile_elements(data.device)
     if batch_size is None:
         batch_size = max(1, min(n, max_elements // (d * min(num_samples, MIN_CHUNK))))
     if chunk_size is None:
         chunk_size = max(1, min(num_samples, max_elements // (batch_size * d)))
-    own = fast_path and not kwargs and max_plate_nesting == 1 and _same_owner(model, guide)
-    program = _ProgramTiles(model, guide, max_plate_nesting, kwargs)
-    dtype = data.dtype if data.is_floating_point() else torch.get_default_dtype()
-    out = {k: torch.empty(n, dtype=dtype, device=data.device) for k in LogLikelihood._fields}
-    for start, b in _chunks(n, batch_size):
-        x = data[start : start + b]
-        tiles = _own_tiles(owner, x, program, first=start == 0) if own else None
-        own = tiles is not None
-        if tiles is None:
-            tiles = program.tiles(x)
-        acc = _LogSumExp()
-        for _, k in _chunks(num_samples, chunk_size, tiles.first):
-            acc.add(tiles(k))
-        sl = slice(start, start + b)
-        for key, value in acc.result(num_samples).items():
-            out[key][sl] = value
-    if return_stats:
-        return LogLikelihood(**out)
-    return out["log_likelihood"]
+    return batch_size, chunk_size
 
 
 class _LogSumExp:
@@ -256,15 +236,6 @@ def _own_tiles(owner, x: torch.Tensor, program: _ProgramTiles, first: bool):
     return draw
 
 
-def check_model_data(module, data: torch.Tensor, what: str = "data") -> None:
-    """The model object's own ``check_data`` where it has one, else shape and finiteness."""
-    own = getattr(module, "check_data", None)
-    if callable(own):
-        own(data, what)
-    else:
-        check_data_shape(data, None, what)
-
-
 def _site_means(guide_trace) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per latent site ``(mean [B, d], noise [B, d])``: E_q[z | x] estimated by averaging the
     site's conditional mean over the K draws (its draws where it has no mean, e.g. a flow),
@@ -351,7 +322,7 @@ def _posterior_terms(module, data: torch.Tensor, kl_samples: int, max_elements) 
     draws = kl_samples if _needs_monte_carlo(module, data[:1]) else 1
     batch = max(1, min(n, max_elements // (d * draws)))
     kls, means, noise, names, closed = [], {}, {}, [], set()
-    for start, b in _chunks(n, batch):
+    for start, b in chunks(n, batch):
         kl, site_means, names, closed = _kl_and_means(module, data[start : start + b], draws)
         kls.append(kl)
         for name, (m, v) in site_means.items():

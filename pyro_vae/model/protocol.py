@@ -10,7 +10,8 @@ The protocol of a model object is two Pyro programs on an ``nn.Module``::
 checkpoints need only these. What the built-in models have besides is used where present, never
 required: ``check_data(x, what)`` (the data check; else shape and finiteness), ``config`` (a
 :class:`~pyro_vae.ModelConfig`, recorded in checkpoints so :func:`~pyro_vae.load_model` rebuilds
-the model; else pass ``model=``), and ``log_weights`` below.
+the model; else pass ``model=``), and ``log_weights``, ``importance_sampler`` and ``log_joint``
+below.
 
 Optionally it computes the log weights of those programs itself, in plain torch and on the same
 random draws as the Pyro program (this is the training fast path)::
@@ -21,7 +22,22 @@ random draws as the Pyro program (this is the training fast path)::
 with the meaning of :func:`pyro_vae.log_weights` (which computes it from the Pyro program for any
 pair). Training checks the two against each other on every validated step and falls back to the
 Pyro program, with a warning, when they differ; a subclass that changes ``model``/``guide``
-without changing ``log_weights`` should set ``log_weights = None``.
+without changing ``log_weights`` should set ``log_weights = None``. Evaluation may also ask for::
+
+    importance_sampler(x) -> draw(k) -> log w [k, B]    (or None)
+
+the encoder run once, then the log weights of ``k`` fresh draws at a time (what
+:func:`~pyro_vae.log_likelihood` tiles K with), and, for annealed importance sampling, the
+model's log density at given latents::
+
+    log_joint(x, latents, num_data=None) -> (log p(x, z), log p(x | z))    (or None)
+
+each ``[C, B]`` for ``latents`` ``{site: [C, B, ...]}`` (C chains), differentiable in the
+latents, the values of :func:`pyro_vae.infer.log_weights.log_joint` of ``model`` (not scaled by
+``num_data``). :func:`~pyro_vae.ais_log_likelihood` evaluates it at every leapfrog step in place
+of the Pyro trace once it agrees with the trace at the first draws (the trace, with a warning,
+when it does not); None, or a ValueError, where it has no closed form leaves the trace. The
+built-in models return None when ``log_weights`` is None.
 """
 
 from __future__ import annotations

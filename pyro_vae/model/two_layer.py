@@ -131,14 +131,26 @@ class TwoLayerVAE(VAE):
         eps2 = torch.randn_like(loc2)
         z2 = loc2 + eps2 * s2
         log_q1, log_q2 = _log_normal_in_noise(eps1, s1), _log_normal_in_noise(eps2, s2)
-        ploc, pscale = self.p_z1.loc_scale(z2)
-        log_p1, log_p2 = _log_normal_in_noise((z1 - ploc) / pscale, pscale), self._log_prior(z2)
-        log_lik = self._log_lik(self.decoder(z1), x)
+        log_lik, log_p1, log_p2 = self._model_terms(x, z1, z2)
         log_p = log_lik + log_p1 + log_p2
         site_kl = {"z1": log_q1 - log_p1, "z2": log_q2 - log_p2}
         return LogWeights(
             log_p, log_q1 + log_q2, None, scale, (z1, z2), None, log_lik, (), (), site_kl
         )
+
+    def _model_terms(self, x, z1, z2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`model`'s terms at ``z1 [..., B, z_dim]``, ``z2 [..., B, z2_dim]``:
+        ``(log p(x | z1), log p(z1 | z2), log p(z2))``, each ``[..., B]`` (shared by
+        :meth:`log_weights` and :meth:`log_joint`)."""
+        ploc, pscale = self.p_z1.loc_scale(z2)
+        log_p1 = _log_normal_in_noise((z1 - ploc) / pscale, pscale)
+        return self._log_lik(self.decoder(z1), x), log_p1, self._log_prior(z2)
+
+    def _log_model(self, x, latents):
+        """``(log p(x, z1, z2), log p(x | z1))`` of :meth:`model` at ``latents``
+        (:meth:`~pyro_vae.VAE.log_joint`)."""
+        log_lik, log_p1, log_p2 = self._model_terms(x, latents["z1"], latents["z2"])
+        return log_lik + log_p1 + log_p2, log_lik
 
     # -- conveniences -------------------------------------------------------------------------
     def _draw_bottom(self, n: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -411,6 +411,38 @@ class VAE(nn.Module):
             return None
         posterior = self._posterior(x)
         return lambda k: self._draw_log_weights(posterior, x, 1.0, k, False, False).log_w
+
+    def log_joint(
+        self,
+        x: torch.Tensor,
+        latents: Mapping[str, torch.Tensor],
+        num_data: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`model`'s log density at given latents, in plain torch (no Pyro tracing):
+        ``(log p(x, z), log p(x | z))``, each ``[C, B]``, for ``x [B, x_dim]`` and ``latents``
+        ``{site: [C, B, ...]}`` (``{"z": [C, B, z_dim]}`` here), differentiable in the latents.
+
+        The values of :func:`pyro_vae.infer.log_weights.log_joint` of the program at the same
+        latents (``tests/test_vae.py`` checks values and gradients in float64), unscaled by
+        ``num_data`` as those are; what :func:`~pyro_vae.ais_log_likelihood` evaluates at every
+        leapfrog step. None where the model has no own log weights (``log_weights = None``, a
+        subclass that changed the program): the Pyro program is then used.
+        """
+        if self.log_weights is None:
+            return None
+        names = set(self._latent_sites)
+        if set(latents) != names:
+            raise ValueError(
+                f"{type(self).__name__}.log_joint needs the values of the latent sites "
+                f"{sorted(names)}, got {sorted(latents)}"
+            )
+        return self._log_model(x, latents)
+
+    def _log_model(self, x: torch.Tensor, latents: Mapping[str, torch.Tensor]):
+        """``(log p(x, z), log p(x | z))`` of :meth:`model` at ``latents`` (:meth:`log_joint`)."""
+        z = latents["z"]
+        log_lik = self._log_lik(self.decoder(z), x)
+        return log_lik + self._log_prior(z), log_lik
 
     def _draw_log_weights(self, posterior, x, scale, num_samples, pathwise, analytic_kl):
         """:meth:`log_weights` given the guide's ``posterior`` (:meth:`_posterior` of ``x``)."""

@@ -8,7 +8,8 @@ on rank 0 only under DDP, in this order::
     on_epoch_end(metrics)           # every epoch
     on_evaluation(results)          # after on_epoch_end, for each epoch with a log-likelihood
     on_figures(paths)               # run_experiment, once the figures are drawn
-    on_run_end(results)             # once, when the run finished (not after an error)
+    on_run_end(results)             # once, when the run finished
+    on_run_error(error)             # instead of on_run_end, when the run stops with an error
 
 :func:`~pyro_vae.train` calls the first three and ``on_run_end`` with its own summary;
 :func:`~pyro_vae.run_experiment` passes its callbacks to ``train``, adds the data set to the
@@ -25,7 +26,14 @@ from typing import Any
 __all__ = ["Callback", "CallbackList", "FunctionCallback", "HOOKS"]
 
 #: the hook names, in the order a run calls them
-HOOKS = ("on_run_start", "on_epoch_end", "on_evaluation", "on_figures", "on_run_end")
+HOOKS = (
+    "on_run_start",
+    "on_epoch_end",
+    "on_evaluation",
+    "on_figures",
+    "on_run_end",
+    "on_run_error",
+)
 
 
 class Callback:
@@ -62,6 +70,11 @@ class Callback:
         """Once the run finished. From ``train``: ``epochs``, ``seconds``, ``history``,
         ``evaluation`` (the last one, or None) and ``checkpoint``; from ``run_experiment``:
         the ``results.json`` dict. Loggers close their files here."""
+
+    def on_run_error(self, error: BaseException) -> None:
+        """Once, when the run stopped with ``error`` (divergence, a bad input, Ctrl-C) after
+        ``on_run_start``; ``on_run_end`` is not called then. Loggers mark the run failed and
+        close their files here."""
 
 
 class FunctionCallback(Callback):
@@ -107,6 +120,8 @@ class CallbackList(Callback):
     def __init__(self, callbacks: Iterable = ()) -> None:
         if isinstance(callbacks, CallbackList):
             callbacks = callbacks.callbacks
+        elif isinstance(callbacks, Callback) or not isinstance(callbacks, Iterable):
+            callbacks = [callbacks]  # one callback given as it is, not in a list
         self.callbacks = [_as_callback(cb) for cb in callbacks]
 
     def __len__(self) -> int:
@@ -131,3 +146,7 @@ class CallbackList(Callback):
     def on_run_end(self, results):
         for cb in self.callbacks:
             cb.on_run_end(results)
+
+    def on_run_error(self, error):
+        for cb in self.callbacks:
+            cb.on_run_error(error)

@@ -117,6 +117,36 @@ def train(
             timed out).
     """
     callbacks = CallbackList(callbacks)  # a wrong one fails before any work
+    s = _session(vae, train_data, test_data, config, out_dir, resume, elbo, distributed, override)
+    if s.procs.is_main:
+        callbacks.on_run_start(_run_start(vae, config, out_dir, resume, s.history, s.procs))
+    with _reporting_errors(callbacks if s.procs.is_main else CallbackList()):
+        return _epochs(s, callbacks)
+
+
+@dataclass
+class _Session:
+    """What one call of :func:`train` works with, once set up."""
+
+    procs: SingleProcess | DataParallel
+    vae: torch.nn.Module
+    config: TrainConfig
+    x_train: torch.Tensor
+    x_test: torch.Tensor | None
+    optimizer: torch.optim.Optimizer
+    loss: TrainingLoss
+    step: Callable
+    plan: _BatchPlan
+    ckpt_path: Path | None
+    run: dict  # history, config_changes (and the global step) so far
+
+    @property
+    def history(self) -> list[dict]:
+        return self.run["history"]
+
+
+def _session(vae, train_data, test_data, config, out_dir, resume, elbo, distributed, override):
+    """Processes, checked data on the device, optimizer, the restored run and the step."""
     procs = DataParallel() if distributed else SingleProcess()
     device = procs.device(config.device)
     if resume and out_dir is None:
@@ -132,28 +162,34 @@ def train(
     elbo = make_elbo(config.elbo, config.num_particles, jit=config.jit) if elbo is None else elbo
     optimizer = make_optimizer(vae.parameters(), config.lr, config.adam_impl)
     run = _restore(procs, vae, optimizer, elbo, ckpt_path, device, config, resume, set(override))
-    history = run["history"]
     plan = _BatchPlan(len(x_train), config.batch_size, procs)
-    loss = _training_loss(vae, elbo, config, plan, run.get("step", len(history) * plan.num_steps))
+    first_step = run.get("step", len(run["history"]) * plan.num_steps)
+    loss = _training_loss(vae, elbo, config, plan, first_step)
     step = procs.make_step(loss, x_train[:2], config.binarize)
-    if procs.is_main:
-        callbacks.on_run_start(_run_start(vae, config, out_dir, resume, history, procs))
+    return _Session(
+        procs, vae, config, x_train, x_test, optimizer, loss, step, plan, ckpt_path, run
+    )
+
+
+def _epochs(s: _Session, callbacks: CallbackList) -> TrainResult:
+    """The epochs of :func:`train` from where the run stands: train, evaluate, checkpoint."""
+    procs, vae, config, history, ckpt_path = s.procs, s.vae, s.config, s.history, s.ckpt_path
     t_start, evaluation, eval_seconds = time.perf_counter(), None, 0.0
     for epoch in range(len(history) + 1, config.epochs + 1):
         with procs.errors(epoch), _keeping(ckpt_path):
-            record = _train_epoch(procs, vae, step, optimizer, x_train, plan, config, epoch)
-            if x_test is not None:
+            record = _train_epoch(procs, vae, s.step, s.optimizer, s.x_train, s.plan, config, epoch)
+            if s.x_test is not None:
                 t_eval = time.perf_counter()
-                evaluation = _evaluate_epoch(procs, vae, x_test, config, epoch, record)
+                evaluation = _evaluate_epoch(procs, vae, s.x_test, config, epoch, record)
                 eval_seconds += time.perf_counter() - t_eval
         history.append(procs.describe(record))
-        _warn_if_diverging(history, x_train[0].numel())
+        _warn_if_diverging(history, s.x_train[0].numel())
         if ckpt_path is not None and procs.is_main:
-            _save(ckpt_path, vae, optimizer, loss, history, config, run["config_changes"])
+            _save(ckpt_path, vae, s.optimizer, s.loss, history, config, s.run["config_changes"])
         if procs.is_main:
-            lr = optimizer.param_groups[0]["lr"]
+            lr = s.optimizer.param_groups[0]["lr"]
             callbacks.on_epoch_end({**history[-1], "lr": history[-1].get("lr", lr)})
-            if x_test is not None and "test_log_likelihood" in history[-1]:
+            if s.x_test is not None and "test_log_likelihood" in history[-1]:
                 callbacks.on_evaluation({**evaluation, "epoch": epoch})
     seconds = time.perf_counter() - t_start
     if procs.is_main:
@@ -431,6 +467,16 @@ def _write_metrics(out_dir: Path, history: list[dict]) -> None:
 
 def _diverged(what: str, epoch: int, step: int) -> str:
     return f"training diverged: {what} at epoch {epoch}, step {step + 1}"
+
+
+@contextlib.contextmanager
+def _reporting_errors(callbacks: CallbackList):
+    """``on_run_error`` for an exception (Ctrl-C included) that ends the run, then re-raised."""
+    try:
+        yield
+    except BaseException as e:
+        callbacks.on_run_error(e)
+        raise
 
 
 @contextlib.contextmanager

@@ -125,7 +125,7 @@ def _gaps(vae: VAE, x: torch.Tensor, config: CompareConfig, seed: int) -> dict[s
             vae.model,
             vae.guide,
             x,
-            log_likelihood="ais" if ais else "is",
+            method="ais" if ais else "is",
             num_steps=max(1, config.gaps_ais_steps),
             is_samples=config.eval_samples,
         )
@@ -182,11 +182,17 @@ def _one_run(
             spec, seed, config, history, stopped_by, dict.fromkeys(_FINAL_KEYS, math.nan)
         )
         run["error"] = error
+        if config.gaps_images:  # the same columns as the other runs', without numbers
+            run.update(dict.fromkeys(GAP_METRICS, math.nan))
         return run, vae
     last = _final_metrics(vae, test_x, history, config, seed)
     run = _run_record(spec, seed, config, history, stopped_by, last)
     if config.gaps_images:
-        run.update(_gaps(vae, test_x[: config.gaps_images], config, seed))
+        try:
+            run.update(_gaps(vae, test_x[: config.gaps_images], config, seed))
+        except Exception as e:  # noqa: BLE001 - one model's gaps must not end the comparison
+            run.update(dict.fromkeys(GAP_METRICS, math.nan), gaps_error=f"{type(e).__name__}: {e}")
+            log(f"{prefix} the inference gaps failed: {run['gaps_error']}")
     log(
         f"{prefix} done: {run['epochs']} epochs ({stopped_by} budget), test log p(x) "
         f"{run['test_log_likelihood']:.2f} nats, {run['seconds_per_epoch']:.1f} s/epoch"
