@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, load_images, sync  # noqa: E402
+from _common import RefVAE, environment, load_images, sync  # noqa: E402
 
 import pyro_vae as pv  # noqa: E402
 
@@ -32,6 +32,15 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--smoke", action="store_true", help="untrained model, 64 images, K = 50")
+    p.add_argument("--images", type=int, default=None, help="the first N test images only")
+    p.add_argument(
+        "--implementation",
+        choices=["library", "reference"],
+        default="library",
+        help="reference: the hand-written evaluation of _common.RefVAE with the model's weights "
+        "(batches of 100 images, the encoder once per batch, chunks of 100 samples), alone in "
+        "this fresh process as a user's own script would run it",
+    )
     args = p.parse_args(argv)
     device = pv.resolve_device(args.device)
     torch.set_num_threads(args.threads)
@@ -44,11 +53,23 @@ def main(argv=None) -> dict:
         vae = pv.load_model(args.run)
         test = pv.binarize_static(pv.load_dataset("mnist").test_x)
     vae = vae.to(device).eval()
-    test = test.to(device)
-    print(f"# Whole test set, K = {args.samples}\n\n{environment(device)}\n")
+    test = test.to(device)[: args.images]
+    if args.implementation == "reference":
+        ref = RefVAE.from_pyro(vae).eval()
+        n, k = len(test), args.samples
+
+        def run():
+            return ref.log_likelihood(test, k, min(100, n), min(100, k))
+    else:
+
+        def run():
+            return pv.log_likelihood(vae.model, vae.guide, test, num_samples=args.samples)
+
+    print(f"# Test set, K = {args.samples}, {args.implementation}\n\n{environment(device)}\n")
     sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
-    ll = pv.log_likelihood(vae.model, vae.guide, test, num_samples=args.samples)
+    with torch.no_grad():
+        ll = run()
     sync(device)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     stderr = float(ll.std()) / len(ll) ** 0.5

@@ -66,6 +66,7 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.runtime import am_i_wrapped
 
+from .._malloc import retain_freed_tiles
 from ..model.flows import FlowNotInvertible
 from .batching import chunks, tile_elements
 from .inputs import check_owner_data
@@ -638,6 +639,8 @@ def _run(
     max_elements = options.max_elements
     if max_elements is None:
         max_elements = tile_elements(data.device, keeps_graph=True)
+    if data.device.type == "cpu":
+        retain_freed_tiles()
     n, d = len(data), max(1, data[0].numel())
     chain_chunk = max(1, min(num_chains, max_elements // d))
     batch_size = options.batch_size

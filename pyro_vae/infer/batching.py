@@ -34,9 +34,10 @@ GRAPH_TILES = 4
 def tile_elements(device: torch.device | str, *, keeps_graph: bool = False) -> int:
     """Elements of one ``[k, B, D]`` tile of the evaluation on ``device``: cache-sized on a CPU,
     large on a GPU. The memory of an evaluation is a few tiles, whatever K and N are. With
-    ``keeps_graph``: :data:`GRAPH_TILES` of them, for work with a backward pass."""
-    tile = CPU_TILE_ELEMENTS if torch.device(device).type == "cpu" else CUDA_TILE_ELEMENTS
-    return tile * GRAPH_TILES if keeps_graph else tile
+    ``keeps_graph``: :data:`GRAPH_TILES` of them on a CPU, for work with a backward pass."""
+    if torch.device(device).type != "cpu":
+        return CUDA_TILE_ELEMENTS  # already large: a graph of several would not fit small GPUs
+    return CPU_TILE_ELEMENTS * GRAPH_TILES if keeps_graph else CPU_TILE_ELEMENTS
 
 
 def chunks(total: int, size: int, first: int | None = None) -> Iterator[tuple[int, int]]:

@@ -10,8 +10,10 @@ from typing import NamedTuple
 import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.runtime import am_i_wrapped
 
 from .._device import fork_rng
+from .._malloc import retain_freed_tiles
 from .batching import CPU_TILE_ELEMENTS, CUDA_TILE_ELEMENTS, MIN_CHUNK, chunks, tile_elements
 from .inputs import check_model_data, check_owner_data
 from .log_weights import latent_sites, log_weights
@@ -100,7 +102,11 @@ def log_likelihood(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     n = data.shape[0]
     batch_size, chunk_size = _sizes(data, num_samples, batch_size, chunk_size, max_elements)
+    # Inside a user's Pyro handler (e.g. poutine.scale) only the program sees the handler.
     own = fast_path and not kwargs and max_plate_nesting == 1 and _same_owner(model, guide)
+    own = own and not am_i_wrapped()
+    if data.device.type == "cpu":
+        retain_freed_tiles()
     program = _ProgramTiles(model, guide, max_plate_nesting, kwargs)
     dtype = data.dtype if data.is_floating_point() else torch.get_default_dtype()
     out = {k: torch.empty(n, dtype=dtype, device=data.device) for k in LogLikelihood._fields}

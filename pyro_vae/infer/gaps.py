@@ -389,7 +389,10 @@ def inference_gaps(
             decay to 0) and the reparameterized samples per step of each datapoint's local q.
         local_flows: F planar flows on each site's local diagonal Normal, their parameters free
             per datapoint and fitted with it (see the module docstring); 0 (the default): the
-            diagonal Normal alone.
+            diagonal Normal alone. The local q is independent across latent sites: for a
+            hierarchy whose guide is structured (q(z2 | z1) in :class:`~pyro_vae.TwoLayerVAE`)
+            the local family is not a superset of the encoder's, so its amortization gap can
+            come out negative (per-site flows do not change that).
         init_samples: draws of the amortized guide whose mean and standard deviation (per
             coordinate, unconstrained) start the local q.
         elbo_samples: samples of each final ELBO (local and amortized), so that their Monte

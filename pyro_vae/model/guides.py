@@ -120,6 +120,11 @@ class FlowGuide(_GaussianEncoder):
         num_flows: int = 2,
         trunk: nn.Module | None = None,
     ) -> None:
+        if not self.flow:
+            raise TypeError(
+                "FlowGuide is the base of the flow guides; build one by name, e.g. "
+                "make_guide('planar', x_dim, z_dim), or use PlanarGuide, IAFGuide, ..."
+            )
         super().__init__(x_dim, z_dim, hidden_dims, activation, trunk)
         if num_flows < 1:
             raise ValueError(f"num_flows must be >= 1, got {num_flows}")
