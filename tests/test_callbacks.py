@@ -14,6 +14,7 @@ import pyro
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_examples import _fake_data as fake_image_data
 
 import pyro_vae as pv
 from pyro_vae.experiments.run import RESULTS_NAME, run_experiment
@@ -163,16 +164,8 @@ def test_a_single_callback_need_not_be_in_a_list(tmp_path):
     assert rec.hooks == ["on_run_start", "on_epoch_end", "on_run_end"]
 
 
-def _fake_data(n=200, m=40):
-    g = torch.Generator().manual_seed(0)
-    return pv.ImageData(
-        name="mnist",
-        train_x=torch.rand(n, 784, generator=g),
-        train_y=torch.randint(0, 10, (n,), generator=g),
-        test_x=torch.rand(m, 784, generator=g),
-        test_y=torch.randint(0, 10, (m,), generator=g),
-        source="test fixture",
-    )
+def _fake_data():
+    return fake_image_data(n=200, m=40)
 
 
 MODEL = pv.ModelConfig(x_dim=784, z_dim=3, hidden_dims=(16,))

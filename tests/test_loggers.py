@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import load_script
+from test_examples import _fake_data as fake_image_data
 
 import pyro_vae as pv
 from pyro_vae.data.errors import MissingExtraError
@@ -33,16 +34,8 @@ INSTALLED = {
 }
 
 
-def _fake_data(n=200, m=40):
-    g = torch.Generator().manual_seed(0)
-    return pv.ImageData(
-        name="mnist",
-        train_x=torch.rand(n, 784, generator=g),
-        train_y=torch.randint(0, 10, (n,), generator=g),
-        test_x=torch.rand(m, 784, generator=g),
-        test_y=torch.randint(0, 10, (m,), generator=g),
-        source="test fixture",
-    )
+def _fake_data():
+    return fake_image_data(n=200, m=40)
 
 
 def _offline_wandb(home: Path) -> dict[str, str]:
