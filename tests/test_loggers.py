@@ -326,3 +326,21 @@ def test_the_example_logs_to_tensorboard_under_out(example, monkeypatch, tmp_pat
     (ll,) = acc.Scalars("test/log_likelihood")
     assert (ll.step, ll.value) == (1, pytest.approx(res["test_log_likelihood"], rel=1e-6))
     assert not acc.Tags()["images"]  # --no-figures
+
+
+def test_a_run_started_again_in_the_same_folder_replaces_the_tensorboard_curves(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    x = torch.bernoulli(torch.rand(64, 6, generator=torch.Generator().manual_seed(0)))
+    for lr in (1e-3, 1e-2):  # the second as --overwrite would start it
+        torch.manual_seed(0)
+        config = pv.TrainConfig(epochs=2, batch_size=32, progress=False, lr=lr)
+        tb = loggers.TensorBoardLogger()
+        pv.train(pv.VAE(6, 2, (8,)), x, x[:16], config, out_dir=tmp_path, callbacks=[tb])
+    acc = ea.EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/lr")] == [
+        (1, pytest.approx(1e-2)),
+        (2, pytest.approx(1e-2)),
+    ]

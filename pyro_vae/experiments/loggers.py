@@ -191,7 +191,9 @@ class TensorBoardLogger(_Tracker):
         from torch.utils.tensorboard.summary import hparams
 
         self.log_dir = self._root(config)
-        self.writer = self._tb.SummaryWriter(log_dir=str(self.log_dir))
+        # Events a previous run left at this run's epochs and later (a run started again with
+        # --overwrite, or resumed after a crash within an epoch) are purged: one curve a tag.
+        self.writer = self._tb.SummaryWriter(log_dir=str(self.log_dir), purge_step=self.epoch + 1)
         hp = {k: _plain(v) for k, v in flatten_config(config).items()}
         metrics = {tag: 0.0 for tag in (*EPOCH_TAGS.values(), *EVALUATION_TAGS.values())}
         exp, ssi, _ = hparams(hp, metrics)
