@@ -318,9 +318,8 @@ def run_experiment(
         setup = _setup(model_config, train_config, device, n_params, ctx)
         results = {**run_info, **_metrics(final), **_timing(result.history), **setup}
         if main:
-            _finish(
-                vae, data, test_x, result, final, results, out, figures, gold, clock, callbacks, log
-            )
+            report = (out, figures, gold, train_config, clock, callbacks, log)
+            _finish(vae, data, test_x, result, final, results, *report)
     except BaseException as e:
         if main:
             callbacks.on_run_error(e)
@@ -328,7 +327,21 @@ def run_experiment(
     return results
 
 
-def _finish(vae, data, test_x, result, final, results, out, figures, gold, clock, callbacks, log):
+def _finish(
+    vae,
+    data,
+    test_x,
+    result,
+    final,
+    results,
+    out,
+    figures,
+    gold,
+    train_config,
+    clock,
+    callbacks,
+    log,
+):
     """On rank 0: report a new final evaluation, draw the figures, write ``results.json`` and
     the summary, add AIS and the gaps, and end the callbacks' run."""
     if final is not result.evaluation:  # a new evaluation, after training
@@ -342,7 +355,6 @@ def _finish(vae, data, test_x, result, final, results, out, figures, gold, clock
     atomic_write_json(out / RESULTS_NAME, results)
     log(summary(results, out))
     if gold is not None and gold.enabled:
-        train_config = TrainConfig.from_dict(results["train"])
         _add_gold(vae, test_x, gold, train_config, results, out, log)
     callbacks.on_run_end(results)
 
@@ -390,8 +402,9 @@ def _add_gold(vae, test_x, gold, train_config, results, out, log) -> None:
             f"warning: AIS / the inference gaps failed ({results['gold_standard_error']}); "
             f"{out / RESULTS_NAME} holds the run's other results"
         )
-    results["wall_seconds"]["evaluation"] += time.perf_counter() - t0
-    results["wall_seconds"]["total"] += time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    results["wall_seconds"]["evaluation"] += seconds
+    results["wall_seconds"]["total"] += seconds
     atomic_write_json(out / RESULTS_NAME, results)
 
 

@@ -112,13 +112,13 @@ def log_likelihood(
     out = {k: torch.empty(n, dtype=dtype, device=data.device) for k in LogLikelihood._fields}
     for start, b in chunks(n, batch_size):
         x = data[start : start + b]
-        tiles = _own_tiles(model.__self__, x, program, first=start == 0) if own else None
-        own = tiles is not None
-        if tiles is None:
-            tiles = program.tiles(x)
+        draw = _own_tiles(model.__self__, x, program, first=start == 0) if own else None
+        own, first = draw is not None, None
+        if draw is None:
+            draw, first = program.tiles(x)
         acc = _LogSumExp()
-        for _, k in chunks(num_samples, chunk_size, tiles.first):
-            acc.add(tiles(k))
+        for _, k in chunks(num_samples, chunk_size, first):
+            acc.add(draw(k))
         for key, value in acc.result(num_samples).items():
             out[key][start : start + b] = value
     if return_stats:
@@ -172,8 +172,8 @@ def _same_owner(model, guide) -> bool:
 
 class _ProgramTiles:
     """Tiles of log weights from the Pyro program of ``model``/``guide`` (the guide run on each
-    tile): ``tiles(x)`` returns ``draw(k) -> log w [k, B]`` with ``draw.first`` the size of the
-    first tile (1 with Pyro's validation on, which only that tile runs under)."""
+    tile): ``tiles(x)`` returns ``(draw, first)``, ``draw(k) -> log w [k, B]`` and ``first`` the
+    size of the first tile (1 with Pyro's validation on, which only that tile runs under)."""
 
     def __init__(self, model, guide, max_plate_nesting: int, kwargs: dict) -> None:
         self.model, self.guide = model, guide
@@ -203,14 +203,14 @@ class _ProgramTiles:
             with pyro.validation_enabled(False):
                 return self.log_w(x, k)
 
-        draw.first = 1 if validated[0] else None
-        return draw
+        return draw, 1 if validated[0] else None
 
 
 def _own_tiles(owner, x: torch.Tensor, program: _ProgramTiles, first: bool):
-    """The model object's ``importance_sampler(x)`` as tiles, or None where it has none (or
-    raises ValueError: a guide its closed form does not cover). On the ``first`` batch its
-    first sample is checked against the Pyro program's, on the same random draws."""
+    """The model object's ``importance_sampler(x)``, ``draw(k) -> log w [k, B]``, or None where
+    it has none (or raises ValueError: a guide its closed form does not cover). On the
+    ``first`` batch its first sample is checked against the Pyro program's, on the same random
+    draws."""
     sampler = getattr(owner, "importance_sampler", None)
     try:
         own = sampler(x) if callable(sampler) else None
@@ -234,12 +234,7 @@ def _own_tiles(owner, x: torch.Tensor, program: _ProgramTiles, first: bool):
                 stacklevel=4,
             )
             return None
-
-    def draw(k: int) -> torch.Tensor:
-        return own(k)
-
-    draw.first = None
-    return draw
+    return own
 
 
 def _site_means(guide_trace) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
