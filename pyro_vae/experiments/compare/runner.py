@@ -13,14 +13,14 @@ from typing import Any
 import pyro
 import torch
 
-from ..._device import fork_rng, resolve_device
+from ..._device import resolve_device
 from ...data import ImageData, load_dataset
 from ...infer.evaluate import evaluate
-from ...infer.gaps import inference_gaps
 from ...model.build import build_model
 from ...model.vae import VAE
 from ...training.config import TrainConfig
 from ...training.loop import TrainingDiverged, train
+from ..gold_standard import GoldStandard, evaluate_gold
 from ..run import device_name, epoch_line, for_images, prepare_data
 from .budget import Budget, BudgetExhausted
 from .config import CompareConfig
@@ -116,20 +116,14 @@ def _final_metrics(
 
 
 def _gaps(vae: VAE, x: torch.Tensor, config: CompareConfig, seed: int) -> dict[str, Any]:
-    """The approximation and amortization gaps of the trained ``vae`` on ``x``."""
-    vae.eval()
-    ais = config.gaps_ais_steps > 0
-    with fork_rng(x.device):
-        torch.manual_seed(seed)
-        g = inference_gaps(
-            vae.model,
-            vae.guide,
-            x,
-            method="ais" if ais else "is",
-            num_steps=max(1, config.gaps_ais_steps),
-            is_samples=config.eval_samples,
-        )
-    g["gap_log_likelihood"] = g["log_likelihood"]
+    """The approximation and amortization gaps of the trained ``vae`` on ``x``: the flagship's
+    gold-standard evaluation (log p(x) by AIS with ``gaps_ais_steps``, else IS), its numbers."""
+    spec = GoldStandard(
+        ais_steps=config.gaps_ais_steps, ais_images=len(x), gaps=True, gaps_images=len(x)
+    )
+    kw = dict(eval_samples=config.eval_samples, seed=seed, log=lambda line: None)
+    g = evaluate_gold(vae, x, spec, **kw)
+    g = {**g["gaps"], "gap_log_likelihood": g["gaps"]["log_likelihood"]}
     return {**{k: g[k] for k in GAP_METRICS}, "gap_method": g["log_likelihood_method"]}
 
 
