@@ -167,3 +167,10 @@ def test_flow_guides_train_and_score_on_the_gpu(name, tmp_path):
     gpu = pv.load_model(tmp_path, map_location="cuda")
     ll = pv.log_likelihood(gpu.model, gpu.guide, x.cuda(), num_samples=4)
     assert ll.is_cuda and torch.isfinite(ll).all()
+
+
+def test_the_flow_guide_base_class_is_not_a_guide_of_its_own():
+    from pyro_vae.model.guides import FlowGuide
+
+    with pytest.raises(TypeError, match=r"FlowGuide is the base .*make_guide\('planar'"):
+        FlowGuide(6, 2)
