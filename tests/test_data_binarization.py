@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pyro_vae.data import binarize, binarize_static
+from pyro_vae.data.binarization import draw_bernoulli
 
 # --------------------------------------------------------------------------------------------------
 # Binarization
@@ -24,6 +25,27 @@ def test_binarize_is_bernoulli() -> None:
     again = binarize(x, generator=torch.Generator().manual_seed(0))
     assert torch.equal(b, again)
     assert not torch.equal(binarize(x), binarize(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_draw_bernoulli_is_bernoulli(dtype) -> None:
+    """train()'s draw: 1{u < p}, P(1) = p per element (a binomial count within 5 sigma), the
+    edges exact, p's shape and dtype kept for a non-contiguous p, the global generator's
+    stream (the same draw after the same seed)."""
+    p = torch.linspace(0, 1, 11, dtype=dtype).repeat(4000, 1).t()  # [11, 4000], not contiguous
+    torch.manual_seed(3)
+    b = draw_bernoulli(p)
+    assert b.shape == p.shape and b.dtype == dtype and b.is_contiguous()
+    assert set(b.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(b[0], torch.zeros(4000, dtype=dtype))
+    assert torch.equal(b[-1], torch.ones(4000, dtype=dtype))
+    counts, q = b.sum(1), p[:, 0]
+    sigma = (4000 * q * (1 - q)).sqrt()
+    assert ((counts - 4000 * q).abs() <= 5 * sigma + 1e-9).all()
+    torch.manual_seed(3)
+    assert torch.equal(draw_bernoulli(p), b)
+    torch.manual_seed(3)
+    assert torch.equal(binarize(p), b)  # the public function draws the same numbers
 
 
 def test_binarize_rejects_bad_input() -> None:

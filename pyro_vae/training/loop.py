@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_write_text
 from ..data import as_tensor, check_data
+from ..data.binarization import draw_bernoulli
 from ..data.checks import value_range
 from ..infer.estimators import make_elbo
 from ..infer.evaluate import check_model_data
@@ -272,7 +273,7 @@ def _train_epoch(procs, vae, step, optimizer, x_train, plan, config, epoch) -> d
         index, size, m = plan.batch(order, i)
         x = x_train[index]
         if config.binarize == "dynamic":
-            x = torch.bernoulli(x)
+            x = draw_bernoulli(x)
         optimizer.zero_grad(set_to_none=True)
         # The weight makes DDP's average exact for unequal shares of a short batch.
         loss = _checked(step, vae, x, plan.n, procs.world_size * size / m, epoch, i)

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .._device import fork_rng, resolve_device
+from ..data.binarization import draw_bernoulli
 from ..infer.evaluate import evaluate
 from .checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from .distributed import DistributedError, evaluate_distributed, get_context, rank_seed, shard
@@ -177,7 +178,7 @@ def _has_unused_parameters(loss: nn.Module, x: torch.Tensor, binarize: str | Non
     try:
         with fork_rng(x.device):
             if binarize == "dynamic":
-                x = torch.bernoulli(x)
+                x = draw_bernoulli(x)
             loss(x, len(x)).backward()
         unused = any(p.requires_grad and p.grad is None for p in loss.parameters())
     except (ValueError, RuntimeError):
