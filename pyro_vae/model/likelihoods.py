@@ -12,8 +12,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.distributions.utils import broadcast_all
-from torch.overrides import has_torch_function
 from torch.nn.functional import binary_cross_entropy_with_logits, softplus
+from torch.overrides import has_torch_function
 
 from .._registry import lookup
 from ..data.checks import check_data, is_integral, value_range
