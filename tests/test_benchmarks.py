@@ -50,3 +50,12 @@ def test_full_test_set_smoke_mode():
 def test_ais_benchmark_smoke_mode():
     out = _smoke("bench_ais.py")
     assert "| reference |" in out and "| stock |" in out
+
+
+@pytest.mark.slow
+def test_parts_benchmark_smoke_mode():
+    """The draw and the likelihood rows, each with its reference; the script itself asserts
+    that every likelihood's gradient is the cross-entropy's."""
+    out = _smoke("bench_parts.py")
+    assert out.count("| reference |") == 3 and out.count("| library |") == 3
+    assert "softplus under autograd" in out
