@@ -102,7 +102,7 @@ STOCK_PIECES = [
     ("-- likelihood(): Bernoulli(logits).to_event(1)", "likelihoods.py", "forward"),
     ("-- decoder MLP", "networks.py", "forward"),
     ("-- prior log_prob: torch Normal.log_prob", "distributions/normal.py", "log_prob"),
-    ("-- likelihood log_prob (_BernoulliEvent: BCE)", "likelihoods.py", "log_prob"),
+    ("-- likelihood log_prob (_bernoulli_log_prob: own backward)", "likelihoods.py", "log_prob"),
     ("-- kl_divergence (meanfield)", "distributions/kl.py", "kl_divergence"),
     ("-- _log_q (closed form)", "model/vae.py", "_log_q"),
     ("- estimator objective", "estimators.py", "objective"),

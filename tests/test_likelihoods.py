@@ -137,6 +137,7 @@ def test_bernoulli_log_prob_is_the_same_with_and_without_a_gradient():
         ((5, 30), (5, 30), torch.float64),  # one particle
         ((5, 30), (3, 5, 30), torch.float64),  # x wider than the logits: summed back
         ((7, 5, 30), (5, 30), torch.float32),  # data in another dtype
+        ((7, 5, 30), (5, 1), torch.float64),  # x broadcast along the pixels
     ],
 )
 def test_bernoulli_log_prob_gradient_is_the_cross_entropys(logits_shape, x_shape, x_dtype):
@@ -187,3 +188,50 @@ def test_bernoulli_log_prob_gradient_reaches_through_pyros_provenance_tensors():
     (g_plain,) = torch.autograd.grad(plain.sum(), logits)
     torch.testing.assert_close(tracked.detach(), plain.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g_tracked, g_plain, rtol=1e-12, atol=1e-12)
+
+
+# torch's forward_ad loads its own jvp decompositions with torch.jit.script on first use, which
+# torch 2.13 itself deprecates: torch's warning about torch's code, not about ours
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_bernoulli_log_prob_other_autograd_uses():
+    """What the cross-entropy allowed still works: torch.func.grad and vmap, forward-mode AD,
+    batched gradients, expanded (stride-0) logits, float32 logits against float64 data, and grad
+    mode on with logits that need no gradient (a plain value)."""
+    from torch.autograd import forward_ad
+
+    from pyro_vae.model.likelihoods import BernoulliLikelihood
+
+    torch.manual_seed(0)
+    like = BernoulliLikelihood(30)
+    logits = 5 * torch.randn(4, 30, dtype=torch.float64)
+    x = torch.bernoulli(torch.rand(4, 30, dtype=torch.float64))
+    expected = x - torch.sigmoid(logits)  # d/dlogits of the summed log-likelihood
+    torch.testing.assert_close(
+        torch.func.grad(lambda t: like.log_prob(t, x).sum())(logits), expected
+    )
+    per_row = torch.func.vmap(torch.func.grad(lambda t, xi: like.log_prob(t, xi)))(logits, x)
+    torch.testing.assert_close(per_row, expected)
+    tangent = torch.randn_like(logits)
+    with forward_ad.dual_level():
+        out = like.log_prob(forward_ad.make_dual(logits, tangent), x)
+        torch.testing.assert_close(
+            forward_ad.unpack_dual(out).tangent, (expected * tangent).sum(-1)
+        )
+    leaf = logits.clone().requires_grad_()
+    out = like.log_prob(leaf, x)
+    (batched,) = torch.autograd.grad(
+        out, leaf, torch.eye(4, dtype=torch.float64), is_grads_batched=True
+    )
+    torch.testing.assert_close(batched.sum(0), expected)
+    row = logits[:1].clone().requires_grad_()
+    (g_expanded,) = torch.autograd.grad(like.log_prob(row.expand(4, 30), x).sum(), row)
+    torch.testing.assert_close(g_expanded, (x - torch.sigmoid(logits[:1])).sum(0, keepdim=True))
+    low = logits.float().requires_grad_()
+    (g_low,) = torch.autograd.grad(like.log_prob(low, x).sum(), low)
+    assert g_low.dtype == torch.float32
+    torch.testing.assert_close(g_low, (x - torch.sigmoid(low.detach().double())).float())
+    plain = like.log_prob(logits, x)
+    assert not plain.requires_grad
+    torch.testing.assert_close(
+        plain, torch.distributions.Bernoulli(logits=logits).log_prob(x).sum(-1)
+    )

@@ -59,9 +59,10 @@ class Likelihood(nn.Module):
 
 
 class _BernoulliEvent(dist.Independent):
-    """``Bernoulli(logits).to_event(1)`` whose ``log_prob`` sums the cross-entropy over the event
-    before negating it. torch's ``Bernoulli.log_prob`` negates the whole ``[..., x_dim]`` tensor:
-    one more pass over the largest tensor of a K-sample evaluation (measured in benchmarks/)."""
+    """``Bernoulli(logits).to_event(1)`` whose ``log_prob`` is :func:`_bernoulli_log_prob`: the
+    log-likelihood summed over the event before it is negated. torch's ``Bernoulli.log_prob``
+    negates the whole ``[..., x_dim]`` tensor: one more pass over the largest tensor of a
+    K-sample evaluation (measured in benchmarks/)."""
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
@@ -72,53 +73,77 @@ class _BernoulliEvent(dist.Independent):
 def _bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum_d log Bernoulli(x_d; sigmoid(logit_d)) ``[...]`` for ``logits [..., D]`` and binary
     ``x`` (broadcast): -softplus((1 - 2x) * logit) summed over d, the cross-entropy's value for
-    x in {0, 1} (the support, checked at every entry point) in fewer passes over the largest
-    tensor of a K-sample evaluation (benchmarks/RESULTS.md: 1.60 against 1.98 us a sample);
-    differentiated, :class:`_BinaryLogProb`'s backward. ``threshold=50``: softplus(t) = t above
-    it, exact to float64 (exp(-50) ~ 2e-22).
+    x in {0, 1}. Binary data only (the support, checked at every entry point; for other x the
+    value is not the cross-entropy's). ``threshold=50``: softplus(t) = t above it, exact to
+    float64 (exp(-50) ~ 2e-22).
 
-    Differentiated through torch's own cross-entropy instead where a custom autograd function
-    would be wrong or cannot serve: data that need a gradient themselves, and tensor subclasses
-    with a ``__torch_function__``, such as the ``ProvenanceTensor`` that Pyro's TraceGraph_ELBO
-    wraps around values downstream of a non-reparameterized site: an autograd function's output
-    then loses its graph (the decoder would get no gradient)."""
+    Without a gradient (evaluation), in fewer passes over the largest tensor of a K-sample
+    evaluation than the cross-entropy (benchmarks/RESULTS.md: 1.60 against 1.98 us a sample).
+    Differentiated, :class:`_BinaryLogProb`. torch's own cross-entropy instead where a custom
+    autograd function would be wrong or cannot serve: data that need a gradient themselves;
+    tensor subclasses with a ``__torch_function__`` (and any active torch-function mode), such
+    as the ``ProvenanceTensor`` that Pyro's TraceGraph_ELBO wraps around values downstream of a
+    non-reparameterized site, which would cut the function's output from the graph; and
+    torch.func's transforms (``grad``, ``vmap``, ``jacrev``), which an autograd function without
+    a vmap rule refuses."""
     if not torch.is_grad_enabled():
-        return _binary_log_prob(logits, x)
-    if x.requires_grad or has_torch_function((logits, x)):
+        return softplus(logits * (1 - 2 * x), threshold=50.0).sum(-1).neg_()
+    if x.requires_grad or has_torch_function((logits, x)) or _functorch_active():
         logits, x = broadcast_all(logits, x)
         return -binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
     return _BinaryLogProb.apply(logits, x)
 
 
-def _binary_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    # logit + (-2) * logit * x: (1 - 2x) * logit in one pass, exactly (x is 0 or 1)
-    return softplus(torch.addcmul(logits, logits, x, value=-2), threshold=50.0).sum(-1).neg_()
+def _functorch_active() -> bool:
+    # torch.autograd.Function.apply asks the same (a private function of torch's; where a
+    # later torch lacks it, a transform raises its own clear error instead)
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
 
 
 class _BinaryLogProb(torch.autograd.Function):
-    """:func:`_bernoulli_log_prob` with the gradient in logits ``(x - sigmoid(logit)) * grad``
-    from the saved logits, and (1 - 2x) * logit as one ``addcmul``: fewer passes than the
-    cross-entropy's autograd (a log-sigmoid forward with its buffer, 1 - x, a product and a
-    difference; then sigmoid, difference and product) or softplus's autograd. Forward and
-    backward on 5 x 128 x 784 logits, 1.59 against 2.13 ms; on 128 x 784, 0.375 against 0.349
-    (``python benchmarks/bench_parts.py``). Differentiable again (create_graph): the backward
-    is then built of differentiable ops on the saved logits."""
+    """:func:`_bernoulli_log_prob` differentiated: the gradient in logits ``(x - sigmoid(logit))
+    * grad`` from the saved logits, and (1 - 2x) * logit as one ``addcmul``. Fewer passes than
+    the cross-entropy's autograd (a log-sigmoid forward with its buffer, 1 - x, a product and a
+    difference; then sigmoid, difference and product): forward and backward on 5 x 128 x 784
+    logits 1.59 against 2.13 ms, on 128 x 784 0.32 against 0.37 ms (``python
+    benchmarks/bench_parts.py``, benchmarks/RESULTS.md). An infinite logit with x = 1 gives NaN,
+    as the cross-entropy's does. Differentiable again (``create_graph``: the backward is then
+    built of differentiable ops on the saved logits), in forward mode (``jvp``), and with
+    batched gradients (``is_grads_batched``: the backward then runs out of place)."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(logits, x)
-        return _binary_log_prob(logits, x)
+        ctx.save_for_forward(logits, x)
+        # logit + (-2) * logit * x: (1 - 2x) * logit in one pass, exactly (x is 0 or 1)
+        t = torch.addcmul(logits, logits, x, value=-2)
+        return softplus(t, threshold=50.0).sum(-1).neg_()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         logits, x = ctx.saved_tensors
         grad = grad.unsqueeze(-1)
         fits = torch.broadcast_shapes(x.shape, logits.shape) == logits.shape
-        if torch.is_grad_enabled() or not fits or x.dtype != logits.dtype:
-            # a second derivative asked for, or x wider than logits: out of place
+        if torch.is_grad_enabled() or not fits or x.dtype != logits.dtype or _functorch_active():
+            # a second derivative, x wider than logits, or under torch.func: out of place
             out = (x - torch.sigmoid(logits)) * grad
             return out.sum_to_size(logits.shape), None
-        return torch.sigmoid(logits).sub_(x).mul_(grad.neg()), None
+        out = torch.sigmoid(logits).sub_(x)  # a fresh buffer: in place (0.1 ms of 1.6 at K = 5)
+        try:
+            return out.mul_(grad.neg()), None
+        except RuntimeError:
+            # autograd.grad(is_grads_batched=True) vmaps the backward (torch's older vmap, which
+            # no public function reports): a batched grad cannot be multiplied into an unbatched
+            # buffer in place; vmap refuses before it writes anything
+            return out * grad.neg(), None
+
+    @staticmethod
+    def jvp(ctx, logits_t: torch.Tensor, x_t: torch.Tensor | None):
+        logits, x = ctx.saved_tensors
+        # d/dl [x l - softplus(l)] = x - sigmoid(l); d/dx = l
+        out = ((x - torch.sigmoid(logits)) * logits_t).sum(-1)
+        return out if x_t is None else out + (logits * x_t).sum(-1)
 
 
 class BernoulliLikelihood(Likelihood):
