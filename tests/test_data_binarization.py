@@ -50,6 +50,14 @@ def test_draw_bernoulli_is_bernoulli(dtype) -> None:
         assert torch.equal(binarize(p), b)
         torch.manual_seed(3)
         assert torch.equal((torch.rand_like(p) < p).to(dtype), b)
+        # ... and, for a contiguous p (train()'s batches), torch.bernoulli's on a CPU: seeded
+        # training runs, and resumes of checkpoints written before train() drew this way, see
+        # the numbers they always saw (edges of exact 0s and 1s included)
+        dense = p.contiguous()
+        torch.manual_seed(3)
+        drawn = draw_bernoulli(dense)
+        torch.manual_seed(3)
+        assert torch.equal(torch.bernoulli(dense), drawn)
 
 
 def test_binarize_rejects_bad_input() -> None:
