@@ -105,12 +105,14 @@ class _BinaryLogProb(torch.autograd.Function):
     """:func:`_bernoulli_log_prob` differentiated: the gradient in logits ``(x - sigmoid(logit))
     * grad`` from the saved logits, and (1 - 2x) * logit as one ``addcmul``. Fewer passes than
     the cross-entropy's autograd (a log-sigmoid forward with its buffer, 1 - x, a product and a
-    difference; then sigmoid, difference and product): forward and backward on 5 x 128 x 784
-    logits 1.59 against 2.13 ms, on 128 x 784 0.32 against 0.37 ms (``python
-    benchmarks/bench_parts.py``, benchmarks/RESULTS.md). An infinite logit with x = 1 gives NaN,
-    as the cross-entropy's does. Differentiable again (``create_graph``: the backward is then
-    built of differentiable ops on the saved logits), in forward mode (``jvp``), and with
-    batched gradients (``is_grads_batched``: the backward then runs out of place)."""
+    difference; then sigmoid, difference and product). Forward and backward on 5 x 128 x 784
+    logits: 1.5-1.66 against 1.9-2.1 ms; on 128 x 784 about even, 0.32-0.38 against 0.34-0.37
+    ms (``python benchmarks/bench_parts.py``, benchmarks/RESULTS.md).
+
+    An infinite logit with x = 1 gives NaN, as the cross-entropy's does. Differentiable again
+    (``create_graph``: the backward is then built of differentiable ops on the saved logits),
+    in forward mode (``jvp``), and with batched gradients (``is_grads_batched``: the backward
+    then runs out of place)."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
