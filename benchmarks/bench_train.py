@@ -206,7 +206,7 @@ def bench_steps(args, device, x_train, cfg, template):
             ref = RefVAE.from_pyro(template)
             step = ref_step_fn(ref, ref_loss)
             cands[name] = Trainer(
-                ref.parameters(), step, x_train, args.batch_size, optimizer=opt, draw=args.draws[0]
+                ref.parameters(), step, x_train, args.batch_size, optimizer=opt, draw=args.ref_draw
             )
         steps = {}
         for variant in args.variants:
@@ -214,7 +214,7 @@ def bench_steps(args, device, x_train, cfg, template):
             if made is not None:
                 vae, steps[variant] = made
                 cands[variant] = Trainer(
-                    vae.parameters(), steps[variant], x_train, args.batch_size, draw=args.draws[1]
+                    vae.parameters(), steps[variant], x_train, args.batch_size, draw=args.lib_draw
                 )
         for c in cands.values():  # warm-up (JIT compiles here)
             for _ in range(args.warmup):
@@ -415,8 +415,8 @@ def main(argv=None):
     )
     p.add_argument("--json", type=Path, default=None, help="write raw timings here")
     args = p.parse_args(argv)
-    ref_draw = DRAWS["reference"]
-    args.draws = (ref_draw, ref_draw if args.draw == "shared" else DRAWS["library"])
+    args.ref_draw = DRAWS["reference"]
+    args.lib_draw = DRAWS["reference" if args.draw == "shared" else "library"]
 
     device = pyro_vae.resolve_device(args.device)
     setup_clock(args, device)

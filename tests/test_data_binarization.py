@@ -45,6 +45,10 @@ def test_draw_bernoulli_is_bernoulli(dtype) -> None:
     assert ((counts - 20000 * q).abs() <= 5 * sigma + 1e-9).all(), (counts, 20000 * q)
     torch.manual_seed(3)
     assert torch.equal(draw_bernoulli(p), b)
+    # the same draw from a given generator: unbiased in half precision too
+    g = binarize(p, generator=torch.Generator().manual_seed(5))
+    assert g.shape == p.shape and g.dtype == dtype
+    assert ((g.double().sum(1) - 20000 * q).abs() <= 5 * sigma + 1e-9).all()
     if dtype in (torch.float32, torch.float64):
         torch.manual_seed(3)
         assert torch.equal(binarize(p), b)

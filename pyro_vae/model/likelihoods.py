@@ -87,6 +87,8 @@ def _bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     torch.func's transforms (``grad``, ``vmap``, ``jacrev``), which an autograd function without
     a vmap rule refuses."""
     if not torch.is_grad_enabled():
+        # a product, not _BinaryLogProb's addcmul: an infinite logit gives 0 or -inf here, not
+        # NaN, and (1 - 2x) is one small [B, D] pass that K-sample tiles share
         return softplus(logits * (1 - 2 * x), threshold=50.0).sum(-1).neg_()
     if x.requires_grad or has_torch_function((logits, x)) or _functorch_active():
         logits, x = broadcast_all(logits, x)
@@ -94,11 +96,10 @@ def _bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _BinaryLogProb.apply(logits, x)
 
 
-def _functorch_active() -> bool:
-    # torch.autograd.Function.apply asks the same (a private function of torch's; where a
-    # later torch lacks it, a transform raises its own clear error instead)
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active()) if active is not None else False
+#: whether a torch.func transform is active: torch.autograd.Function.apply asks the same (a
+#: private function of torch's; where a later torch lacks it, a transform raises its own clear
+#: error instead)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 class _BinaryLogProb(torch.autograd.Function):
