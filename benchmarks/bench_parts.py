@@ -11,8 +11,10 @@
   (``-binary_cross_entropy_with_logits(...).sum(-1)``, as the references and Pyro's Bernoulli
   compute it), ``-softplus((1 - 2x) * logit).sum(-1)``
   under autograd, and the library's (``BernoulliLikelihood.log_prob``: the softplus value and
-  its own backward ``(x - sigmoid(logit)) * grad``). Each row checks that its gradient equals the
-  cross-entropy's.
+  its own backward ``(x - sigmoid(logit)) * grad``), as it runs (compiled from
+  ``COMPILE_MIN_LOGITS`` logits on: K = 5 here, not K = 1), with its eager path and with its
+  compiled kernel at any size (``pyro_vae/model/_bernoulli_kernel.py``). Each row checks that
+  its gradient equals the cross-entropy's.
 
 Times are per call (median of interleaved rounds; CPU time on one thread by default), and the
 ratio column is the reference's time over the row's, median [q1, q3] of the rounds (> 1: faster
@@ -42,6 +44,7 @@ from _common import (  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae.data.binarization import draw_bernoulli  # noqa: E402
+from pyro_vae.model import _bernoulli_kernel as bernoulli_kernel  # noqa: E402
 from pyro_vae.model.likelihoods import BernoulliLikelihood  # noqa: E402
 
 
@@ -62,6 +65,26 @@ def bench_draw(args, device) -> list[list[str]]:
     return _rows(times, f"draw [{args.batch}, {args.pixels}]")
 
 
+def eager(fn):
+    """``fn`` with the Bernoulli likelihood's compiled kernel switched off."""
+
+    def run(t):
+        with bernoulli_kernel.settings(enabled=False):
+            return fn(t)
+
+    return run
+
+
+def compiled(fn):
+    """``fn`` with the compiled kernel whatever the size (also in smoke mode)."""
+
+    def run(t):
+        with bernoulli_kernel.settings(enabled=True, min_logits=0):
+            return fn(t)
+
+    return run
+
+
 def bench_likelihood(args, device, k: int) -> list[list[str]]:
     torch.manual_seed(0)
     shape = (k, args.batch, args.pixels) if k > 1 else (args.batch, args.pixels)
@@ -78,6 +101,8 @@ def bench_likelihood(args, device, k: int) -> list[list[str]]:
         "reference": cross_entropy,
         "softplus under autograd": lambda t: -F.softplus(t * (1 - 2 * x), threshold=50.0).sum(-1),
         "library": lambda t: like.log_prob(t, x),
+        "library, eager path": eager(lambda t: like.log_prob(t, x)),
+        "library, compiled kernel": compiled(lambda t: like.log_prob(t, x)),
     }
     (expected,) = torch.autograd.grad((cross_entropy(logits) * weights).sum(), logits)
     for name, fn in fns.items():

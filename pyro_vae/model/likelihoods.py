@@ -17,6 +17,7 @@ from torch.overrides import has_torch_function
 
 from .._registry import lookup
 from ..data.checks import check_data, is_integral, value_range
+from ._bernoulli_kernel import fused_log_prob
 
 __all__ = [
     "Likelihood",
@@ -104,13 +105,17 @@ _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda
 
 class _BinaryLogProb(torch.autograd.Function):
     """:func:`_bernoulli_log_prob` differentiated: the gradient in logits ``(x - sigmoid(logit))
-    * grad`` from the saved logits, and (1 - 2x) * logit as one ``addcmul``. Fewer passes than
-    the cross-entropy's autograd (a log-sigmoid forward with its buffer, 1 - x, a product and a
-    difference; then sigmoid, difference and product). Forward and backward on 5 x 128 x 784
-    logits: 1.5-1.66 against 1.9-2.1 ms; on 128 x 784 about even, 0.32-0.38 against 0.34-0.37
-    ms (``python benchmarks/bench_parts.py``, benchmarks/RESULTS.md).
+    * grad``. Large CPU tensors (K-sample training steps) take one compiled pass for the value
+    and ``sigmoid(logit) - x`` together (:mod:`._bernoulli_kernel`; forward and backward on 5 x
+    128 x 784 logits 0.96-0.99 ms against the cross-entropy's 1.9-2.3). Otherwise eager: (1 -
+    2x) * logit as one ``addcmul``, softplus, and in the backward sigmoid(logit) - x from the
+    saved logits, fewer passes than the cross-entropy's autograd (a log-sigmoid forward with its
+    buffer, 1 - x, a product and a difference; then sigmoid, difference and product): 1.5-1.7
+    against 1.9-2.3 ms at 5 x 128 x 784, about even at 128 x 784 (0.87-1.09x)
+    (``python benchmarks/bench_parts.py``, benchmarks/RESULTS.md).
 
-    An infinite logit with x = 1 gives NaN, as the cross-entropy's does. Differentiable again
+    On the eager path an infinite logit gives NaN (the addcmul's inf * 0; the cross-entropy's
+    gives NaN for x = 1); the compiled kernel gives the limits. Differentiable again
     (``create_graph``: the backward is then built of differentiable ops on the saved logits),
     in forward mode (``jvp``), and with batched gradients (``is_grads_batched``: the backward
     then runs out of place)."""
@@ -119,6 +124,13 @@ class _BinaryLogProb(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(logits, x)
         ctx.save_for_forward(logits, x)
+        fused = fused_log_prob(logits, x)
+        ctx.compiled = fused is not None
+        if fused is not None:
+            # an attribute, not a saved tensor: the backward scales it in place, once
+            log_p, ctx.residual = fused
+            return log_p
+        ctx.residual = None
         # logit + (-2) * logit * x: (1 - 2x) * logit in one pass, exactly (x is 0 or 1)
         t = torch.addcmul(logits, logits, x, value=-2)
         return softplus(t, threshold=50.0).sum(-1).neg_()
@@ -126,13 +138,20 @@ class _BinaryLogProb(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         logits, x = ctx.saved_tensors
+        # the compiled forward's sigmoid(logit) - x serves one backward; another backward of
+        # the same graph (retain_graph) runs the same kernel again, for the same numbers
+        residual, ctx.residual = ctx.residual, None
         grad = grad.unsqueeze(-1)
         fits = torch.broadcast_shapes(x.shape, logits.shape) == logits.shape
         if torch.is_grad_enabled() or not fits or x.dtype != logits.dtype or _functorch_active():
             # a second derivative, x wider than logits, or under torch.func: out of place
             out = (x - torch.sigmoid(logits)) * grad
             return out.sum_to_size(logits.shape), None
-        out = torch.sigmoid(logits).sub_(x)  # a fresh buffer: in place (0.1 ms of 1.6 at K = 5)
+        if residual is None and ctx.compiled:
+            fused = fused_log_prob(logits, x)
+            residual = None if fused is None else fused[1]
+        # a fresh buffer either way, so in place (0.1 ms of 1.6 at K = 5)
+        out = torch.sigmoid(logits).sub_(x) if residual is None else residual
         try:
             return out.mul_(grad.neg()), None
         except RuntimeError:

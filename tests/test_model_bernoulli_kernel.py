@@ -1,0 +1,210 @@
+"""The Bernoulli log-likelihood's compiled kernel (pyro_vae/model/_bernoulli_kernel.py): its
+formulas against the eager ones, the compiled path against the eager path (value and gradient),
+where it serves and where not, and the fallback when compiling fails."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pyro_vae.model import _bernoulli_kernel as bk
+from pyro_vae.model.likelihoods import BernoulliLikelihood
+
+
+def _data(shape, dtype, seed=0, scale=6.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(shape, dtype=dtype, generator=g)
+    x = torch.bernoulli(torch.rand(shape[-2:], dtype=dtype, generator=g), generator=g)
+    return logits, x
+
+
+@pytest.fixture
+def room(monkeypatch):
+    """Room for new shapes, whatever other tests of this process compiled (MAX_SHAPES)."""
+    monkeypatch.setattr(bk, "_signatures", set())
+
+
+def _eager(logits, x):
+    log_p = -F.softplus(logits * (1 - 2 * x), threshold=50.0).sum(-1)
+    return log_p, torch.sigmoid(logits) - x
+
+
+@pytest.mark.parametrize("d", [16, 30, 784])  # a whole group, a ragged one, MNIST's 49
+def test_the_formulas_equal_softplus_and_sigmoid(d):
+    """Uncompiled, in float64 (where the products lose nothing), the kernel's two outputs are
+    -sum softplus((1 - 2x) logit) and sigmoid(logit) - x, logits from -60 to 60 included."""
+    logits, x = _data((3, 5, d), torch.float64, scale=20.0)
+    logits[0, 0, :4] = torch.tensor([-60.0, 60.0, 0.0, 55.0], dtype=torch.float64)
+    log_p, residual = bk.residual_kernel(logits, x)
+    expected_log_p, expected_residual = _eager(logits, x)
+    torch.testing.assert_close(log_p, expected_log_p, rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(residual, expected_residual, rtol=1e-15, atol=1e-15)
+
+
+def test_the_formulas_at_infinite_logits():
+    """The limits: log p = 0 where the data agree with an infinite logit, -inf where they
+    contradict it, and a residual sigmoid(logit) - x of 0 or +-1 (no NaN from inf * 0)."""
+    logits = torch.tensor([float("-inf"), float("inf"), float("-inf"), float("inf")])
+    x = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    for i, (expected, expected_residual) in enumerate(
+        [(0, 0), (-math.inf, 1), (-math.inf, -1), (0, 0)]
+    ):
+        log_p, residual = bk.residual_kernel(logits[i : i + 1], x[i : i + 1])
+        assert log_p.item() == expected and residual.item() == expected_residual
+
+
+@pytest.mark.parametrize("scale", [2.0, 8.0, 20.0])
+def test_float32_is_as_close_to_the_exact_value_as_the_eager_path(scale):
+    """In float32 both paths round their sums over 784 pixels; the products also drop
+    log1p(e) terms below 2^-24 (4.7e-5 nats at most over 784 pixels). Against float64's exact
+    value the kernel's error stays within twice the eager path's plus that."""
+    logits, x = _data((64, 784), torch.float64, scale=scale)
+    exact, exact_residual = _eager(logits, x)
+    log_p, residual = bk.residual_kernel(logits.float(), x.float())
+    eager_log_p, _ = _eager(logits.float(), x.float())
+    eager_error = (eager_log_p.double() - exact).abs().max()
+    assert (log_p.double() - exact).abs().max() <= 2 * eager_error + 4.7e-5
+    torch.testing.assert_close(residual.double(), exact_residual, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_compiled_path_gives_the_eager_paths_value_and_gradient(dtype, room):
+    """BernoulliLikelihood.log_prob on [K, B, D] logits, compiled (any size here) against eager:
+    the same value and gradient to rounding, also for a second backward of the same graph
+    (retain_graph: the compiled residual serves once, then it is recomputed)."""
+    like = BernoulliLikelihood(30)
+    logits, x = _data((4, 8, 30), dtype)
+    weights = torch.randn(4, 8, dtype=dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+
+    def value_and_grad(leaf, **kw):
+        out = like.log_prob(leaf, x)
+        out.backward(weights, **kw)
+        return out.detach()
+
+    eager_leaf = logits.clone().requires_grad_()
+    with bk.settings(enabled=False):
+        eager_value = value_and_grad(eager_leaf)
+    compiled_leaf = logits.clone().requires_grad_()
+    with bk.settings(enabled=True, min_logits=0):
+        out = like.log_prob(compiled_leaf, x)
+        signature = (compiled_leaf.shape, compiled_leaf.stride(), x.shape, x.stride(), dtype)
+        assert bk._signatures == {signature} and bk._kernel not in (None, False)
+        out.backward(weights, retain_graph=True)
+        first = compiled_leaf.grad.clone()
+        compiled_leaf.grad = None
+        out.backward(weights)
+    torch.testing.assert_close(out.detach(), eager_value, **tol)
+    torch.testing.assert_close(first, eager_leaf.grad, **tol)
+    torch.testing.assert_close(compiled_leaf.grad, eager_leaf.grad, **tol)
+
+
+def test_where_the_compiled_kernel_serves(room):
+    """Large CPU tensors in float32/64 with x of the same dtype that fits the logits; not
+    below COMPILE_MIN_LOGITS, in half precision, against other-dtype or wider data, with
+    PYRO_VAE_COMPILE=0, or past MAX_SHAPES new shapes."""
+    logits, x = _data((2, 3, 16), torch.float32)
+    with bk.settings(min_logits=logits.numel() + 1):
+        assert bk.fused_log_prob(logits, x) is None
+    with bk.settings(enabled=True, min_logits=0):
+        assert bk.fused_log_prob(logits.half(), x.half()) is None
+        assert bk.fused_log_prob(logits, x.double()) is None
+        assert bk.fused_log_prob(logits[0], x.expand(2, 3, 16)) is None
+    with bk.settings(enabled=False, min_logits=0):
+        assert bk.fused_log_prob(logits, x) is None
+    with bk.settings(enabled=True, min_logits=0):
+        assert bk.fused_log_prob(logits, x) is not None
+        bk._signatures.update(("another shape", i) for i in range(bk.MAX_SHAPES - 1))
+        assert bk.fused_log_prob(logits, x) is not None  # compiled already
+        assert bk.fused_log_prob(logits[:, :2], x[:2]) is None  # one shape too many
+
+
+def test_the_default_threshold_compiles_k_samples_not_one_batch():
+    """At the defaults a K = 5 MNIST batch of 128 qualifies, a K = 1 batch does not."""
+    assert 5 * 128 * 784 >= bk.COMPILE_MIN_LOGITS > 128 * 784
+
+
+def test_the_environment_switch_turns_compiling_off():
+    code = (
+        "import torch; from pyro_vae.model import _bernoulli_kernel as bk; "
+        "l = torch.randn(bk.COMPILE_MIN_LOGITS // 784 + 1, 784); x = (l > 0).float(); "
+        "print(bk.fused_log_prob(l, x) is None)"
+    )
+    env = dict(os.environ, PYRO_VAE_COMPILE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+
+
+def test_a_failed_compile_warns_once_and_the_eager_path_serves(monkeypatch, room):
+    """No C++ compiler, say: a RuntimeWarning names the cause and the switch, the value is
+    the eager one, and later calls do not try again."""
+    calls = []
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            calls.append(1)
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nmore")
+
+        return run
+
+    monkeypatch.setattr(bk, "_kernel", None)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    like = BernoulliLikelihood(16)
+    logits, x = _data((2, 3, 16), torch.float64)
+    leaf = logits.clone().requires_grad_()
+    with bk.settings(enabled=True, min_logits=0):
+        with pytest.warns(RuntimeWarning, match="InvalidCxxCompiler.*PYRO_VAE_COMPILE=0"):
+            out = like.log_prob(leaf, x)
+        again = like.log_prob(leaf, x)
+    assert bk._kernel is False and len(calls) == 1
+    expected, residual = _eager(logits, x)
+    torch.testing.assert_close(out.detach(), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(again.detach(), expected, rtol=1e-12, atol=1e-12)
+    (grad,) = torch.autograd.grad(out.sum(), leaf)
+    torch.testing.assert_close(grad, -residual)
+
+
+def test_the_compiled_path_passes_gradcheck(room):
+    """gradcheck also runs the backward twice on one graph and wants the same bits (the
+    second backward runs the kernel again), and gradgradcheck the create_graph path."""
+    like = BernoulliLikelihood(20)
+    logits, x = _data((3, 4, 20), torch.float64)
+    leaf = logits.requires_grad_()
+    with bk.settings(enabled=True, min_logits=0):
+        assert torch.autograd.gradcheck(lambda t: like.log_prob(t, x), (leaf,))
+        assert torch.autograd.gradgradcheck(lambda t: like.log_prob(t, x), (leaf,))
+        assert len(bk._signatures) == 1
+
+
+@pytest.mark.parametrize("elbo", ["iwae", "dreg"])
+def test_training_with_the_compiled_kernel_ends_where_the_eager_path_does(elbo, room):
+    """pv.train at K = 5 in float64 (the Pyro program on its validated steps, the VAE's own log
+    weights between them), compiled against eager: the same losses and parameters to float64
+    rounding after 36 steps, and the compiled kernel really ran (two shapes: the full batch and
+    the last, smaller one)."""
+    from dataclasses import replace
+
+    import pyro_vae as pv
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.rand(120, 12, generator=g), generator=g).double()
+    config = pv.TrainConfig(
+        epochs=3, batch_size=16, lr=0.01, elbo=elbo, num_particles=5, eval_every=0, progress=False
+    )
+    ends = {}
+    for compiled in (True, False):
+        torch.manual_seed(0)
+        vae = pv.VAE(12, 3, (16,)).double()
+        with bk.settings(enabled=compiled, min_logits=0):
+            result = pv.train(vae, x, config=replace(config))
+        ends[compiled] = vae.state_dict(), [h["train_elbo"] for h in result.history]
+    assert len(bk._signatures) == 2
+    (state, elbos), (ref, ref_elbos) = ends[True], ends[False]
+    assert elbos == pytest.approx(ref_elbos, rel=1e-10)
+    for name, p in state.items():
+        torch.testing.assert_close(p, ref[name], rtol=1e-8, atol=1e-10, msg=name)
