@@ -208,3 +208,15 @@ def test_training_with_the_compiled_kernel_ends_where_the_eager_path_does(elbo, 
     assert elbos == pytest.approx(ref_elbos, rel=1e-10)
     for name, p in state.items():
         torch.testing.assert_close(p, ref[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_broadcasts_to_says_what_torch_broadcast_shapes_says():
+    import itertools
+
+    shapes = [(), (1,), (3,), (1, 3), (2, 3), (2, 1), (4, 2, 3), (1, 2, 3), (4, 1, 3), (2, 2, 3)]
+    for a, b in itertools.product(shapes, shapes):
+        try:
+            expected = torch.broadcast_shapes(a, b) == torch.Size(b)
+        except RuntimeError:
+            expected = False
+        assert bk.broadcasts_to(torch.Size(a), torch.Size(b)) == expected, (a, b)

@@ -17,7 +17,7 @@ from torch.overrides import has_torch_function
 
 from .._registry import lookup
 from ..data.checks import check_data, is_integral, value_range
-from ._bernoulli_kernel import fused_log_prob
+from ._bernoulli_kernel import broadcasts_to, fused_log_prob
 
 __all__ = [
     "Likelihood",
@@ -142,7 +142,7 @@ class _BinaryLogProb(torch.autograd.Function):
         # the same graph (retain_graph) runs the same kernel again, for the same numbers
         residual, ctx.residual = ctx.residual, None
         grad = grad.unsqueeze(-1)
-        fits = torch.broadcast_shapes(x.shape, logits.shape) == logits.shape
+        fits = broadcasts_to(x.shape, logits.shape)
         if torch.is_grad_enabled() or not fits or x.dtype != logits.dtype or _functorch_active():
             # a second derivative, x wider than logits, or under torch.func: out of place
             out = (x - torch.sigmoid(logits)) * grad
