@@ -59,3 +59,5 @@ def test_parts_benchmark_smoke_mode():
     out = _smoke("bench_parts.py")
     assert out.count("| reference |") == 3 and out.count("| library |") == 3
     assert "softplus under autograd" in out
+    assert out.count("| library, eager path |") == 2
+    assert out.count("| library, compiled kernel |") == 2

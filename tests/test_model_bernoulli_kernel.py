@@ -57,17 +57,17 @@ def test_the_formulas_at_infinite_logits():
         assert log_p.item() == expected and residual.item() == expected_residual
 
 
-@pytest.mark.parametrize("scale", [2.0, 8.0, 20.0])
+@pytest.mark.parametrize("scale", [0.01, 2.0, 8.0, 20.0])
 def test_float32_is_as_close_to_the_exact_value_as_the_eager_path(scale):
-    """In float32 both paths round their sums over 784 pixels; the products also drop
-    log1p(e) terms below 2^-24 (4.7e-5 nats at most over 784 pixels). Against float64's exact
-    value the kernel's error stays within twice the eager path's plus that."""
+    """In float32 both paths round their sums over 784 pixels; the products also round every
+    factor 1 + e (about 1e-4 nats over 784 pixels near logit 0). Against float64's exact value
+    the kernel's error stays within twice the eager path's plus 1.5e-4."""
     logits, x = _data((64, 784), torch.float64, scale=scale)
     exact, exact_residual = _eager(logits, x)
     log_p, residual = bk.residual_kernel(logits.float(), x.float())
     eager_log_p, _ = _eager(logits.float(), x.float())
     eager_error = (eager_log_p.double() - exact).abs().max()
-    assert (log_p.double() - exact).abs().max() <= 2 * eager_error + 4.7e-5
+    assert (log_p.double() - exact).abs().max() <= 2 * eager_error + 1.5e-4
     torch.testing.assert_close(residual.double(), exact_residual, rtol=0, atol=1e-7)
 
 
@@ -92,8 +92,15 @@ def test_the_compiled_path_gives_the_eager_paths_value_and_gradient(dtype, room)
     compiled_leaf = logits.clone().requires_grad_()
     with bk.settings(enabled=True, min_logits=0):
         out = like.log_prob(compiled_leaf, x)
-        signature = (compiled_leaf.shape, compiled_leaf.stride(), x.shape, x.stride(), dtype)
-        assert bk._signatures == {signature} and bk._kernel not in (None, False)
+        assert len(bk._signatures) == 1 and bk._kernel not in (None, False)
+        (signature,) = bk._signatures
+        assert signature[:5] == (
+            compiled_leaf.shape,
+            compiled_leaf.stride(),
+            x.shape,
+            x.stride(),
+            dtype,
+        )
         out.backward(weights, retain_graph=True)
         first = compiled_leaf.grad.clone()
         compiled_leaf.grad = None

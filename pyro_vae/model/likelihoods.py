@@ -114,8 +114,9 @@ class _BinaryLogProb(torch.autograd.Function):
     against 1.9-2.3 ms at 5 x 128 x 784, about even at 128 x 784 (0.87-1.09x)
     (``python benchmarks/bench_parts.py``, benchmarks/RESULTS.md).
 
-    On the eager path an infinite logit gives NaN (the addcmul's inf * 0; the cross-entropy's
-    gives NaN for x = 1); the compiled kernel gives the limits. Differentiable again
+    On the eager path an infinite logit gives NaN (the addcmul's inf * 0, or inf - inf for x =
+    1; the cross-entropy's gives NaN for x = 1); the compiled kernel gives the limits.
+    Differentiable again
     (``create_graph``: the backward is then built of differentiable ops on the saved logits),
     in forward mode (``jvp``), and with batched gradients (``is_grads_batched``: the backward
     then runs out of place)."""
