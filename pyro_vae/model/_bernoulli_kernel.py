@@ -55,7 +55,8 @@ __all__ = [
 #: the fewest logits a tensor needs for the compiled kernel (2^18 = 262,144: 5 x 128 x 784 =
 #: 501,760 qualifies, 128 x 784 = 100,352 does not)
 COMPILE_MIN_LOGITS = 2**18
-#: the most distinct (shape, stride, dtype) signatures compiled in one process
+#: the most distinct signatures compiled in one process (shapes, strides and dtype, and what
+#: torch.compile also guards on: threads, default dtype, grad mode)
 MAX_SHAPES = 6
 #: products of this many factors in (1, 2] stay below 2^16
 _GROUP = 16

@@ -107,7 +107,7 @@ class _BinaryLogProb(torch.autograd.Function):
     """:func:`_bernoulli_log_prob` differentiated: the gradient in logits ``(x - sigmoid(logit))
     * grad``. Large CPU tensors (K-sample training steps) take one compiled pass for the value
     and ``sigmoid(logit) - x`` together (:mod:`._bernoulli_kernel`; forward and backward on 5 x
-    128 x 784 logits 0.96-0.99 ms against the cross-entropy's 1.9-2.3). Otherwise eager: (1 -
+    128 x 784 logits 0.88-0.99 ms against the cross-entropy's 1.9-2.3). Otherwise eager: (1 -
     2x) * logit as one ``addcmul``, softplus, and in the backward sigmoid(logit) - x from the
     saved logits, fewer passes than the cross-entropy's autograd (a log-sigmoid forward with its
     buffer, 1 - x, a product and a difference; then sigmoid, difference and product): 1.5-1.7
@@ -116,10 +116,9 @@ class _BinaryLogProb(torch.autograd.Function):
 
     On the eager path an infinite logit gives NaN (the addcmul's inf * 0, or inf - inf for x =
     1; the cross-entropy's gives NaN for x = 1); the compiled kernel gives the limits.
-    Differentiable again
-    (``create_graph``: the backward is then built of differentiable ops on the saved logits),
-    in forward mode (``jvp``), and with batched gradients (``is_grads_batched``: the backward
-    then runs out of place)."""
+    Differentiable again (``create_graph``: the backward is then built of differentiable ops on
+    the saved logits), in forward mode (``jvp``), and with batched gradients
+    (``is_grads_batched``: the backward then runs out of place)."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
