@@ -5,7 +5,9 @@ times whole training steps (pick the batch from the device-resident data, dynami
 torch.bernoulli in the references, train()'s draw in the library unless ``--draw shared``,
 zero_grad, loss, backward, Adam step), the library's step and the reference's (``_common.RefVAE``,
 each estimator written by hand in plain PyTorch), interleaved over rounds, and reports the
-paired per-round ratio  images/s (Pyro) / images/s (reference)  as median [q1, q3].
+paired per-round ratio  images/s (Pyro) / images/s (reference)  as median [q1, q3]. A third
+candidate runs only the step's matrix products (same shapes, same threads): the ceiling of
+any implementation that keeps them.
 
 The library's step is ``pyro_vae.training.loss.TrainingLoss`` followed by ``backward()``, what
 ``train()`` runs. Variants of it show what the fast path (the VAE's own plain-torch log weights
@@ -167,6 +169,38 @@ class Trainer:
         return loss
 
 
+#: the candidate that runs only the step's matrix products: the ceiling of any loop that keeps them
+MATRIX_PRODUCTS = "the step's matrix products alone"
+
+
+def matrix_products(cfg: dict, k: int, batch: int, device):
+    """The matrix products of one training step of the MLP VAE, alone, with the step's shapes
+    and layouts: every Linear layer's forward (``addmm``), its weight gradient and, but for the
+    encoder's first layer (the data needs no gradient), its input gradient; the encoder on the
+    ``batch`` rows, the decoder on ``k * batch``. On a CPU they are most of a step, so
+    reference / this is the most any implementation that keeps them can reach against the
+    reference."""
+    enc = [cfg["x_dim"], *cfg["hidden_dims"], 2 * cfg["z_dim"]]
+    dec = [cfg["z_dim"], *reversed(cfg["hidden_dims"]), cfg["x_dim"]]
+    ops = []
+    for dims, rows, first_needs_grad in ((enc, batch, False), (dec, k * batch, True)):
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            inp, w, grad_out = (
+                torch.randn(s, device=device) for s in ((rows, a), (b, a), (rows, b))
+            )
+            bias = torch.randn(b, device=device)
+            ops.append(lambda bias=bias, inp=inp, w=w: torch.addmm(bias, inp, w.t()))
+            ops.append(lambda g=grad_out, inp=inp: g.t().mm(inp))  # d weight [b, a]
+            if i > 0 or first_needs_grad:
+                ops.append(lambda g=grad_out, w=w: g.mm(w))  # d input [rows, a]
+
+    def step():
+        for op in ops:
+            op()
+
+    return step
+
+
 def new_vae(cfg, template, device, cls=VAE):
     vae = cls(**cfg).to(device)
     vae.load_state_dict(template.state_dict())
@@ -208,6 +242,7 @@ def bench_steps(args, device, x_train, cfg, template):
             cands[name] = Trainer(
                 ref.parameters(), step, x_train, args.batch_size, optimizer=opt, draw=args.ref_draw
             )
+        cands[MATRIX_PRODUCTS] = matrix_products(cfg, k, args.batch_size, device)
         steps = {}
         for variant in args.variants:
             made = make_variant(variant, est, k, cfg, template, device)

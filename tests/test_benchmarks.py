@@ -30,6 +30,7 @@ def test_benchmark_smoke_mode(script):
     assert "| reference |" in out and "stock" in out
     if script == "bench_train.py":  # the tuned reference and both ratios, each estimator
         assert out.count("| reference, fused Adam |") >= 8
+        assert out.count("| the step's matrix products alone |") >= 8
     else:  # the 3 MB-tile reference and the Pyro program on every tile
         assert "reference, 3 MB tiles" in out and "| program |" in out
 
