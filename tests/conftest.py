@@ -1,4 +1,5 @@
-"""Shared fixtures: Pyro validation on, a clean param store and a fixed seed for every test."""
+"""Shared fixtures: Pyro validation on, a clean param store and a fixed seed for every test;
+``room`` for tests of the compiled Bernoulli kernel."""
 
 import importlib.util
 
@@ -27,3 +28,12 @@ def load_script(path, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def room(monkeypatch):
+    """Room for new shapes in the Bernoulli likelihood's compiled kernel, whatever other tests
+    of this process compiled (its MAX_SHAPES)."""
+    from pyro_vae.model import _bernoulli_kernel
+
+    monkeypatch.setattr(_bernoulli_kernel, "_signatures", set())

@@ -194,14 +194,13 @@ def test_bernoulli_log_prob_gradient_reaches_through_pyros_provenance_tensors():
 # torch 2.13 itself deprecates: torch's warning about torch's code, not about ours
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_bernoulli_log_prob_other_autograd_uses(compiled, monkeypatch):
+def test_bernoulli_log_prob_other_autograd_uses(compiled, room):
     """What the cross-entropy allowed still works: torch.func.grad and vmap, forward-mode AD,
     batched gradients, expanded (stride-0) logits, float32 logits against float64 data, and grad
     mode on with logits that need no gradient (a plain value); on the eager path and with the
     compiled kernel serving every size (whose forward runs under all of these)."""
     from pyro_vae.model import _bernoulli_kernel as bk
 
-    monkeypatch.setattr(bk, "_signatures", set())  # room for this test's shapes
     with bk.settings(enabled=compiled, min_logits=0):
         _other_autograd_uses()
     assert bool(bk._signatures) == compiled  # the kernel ran where asked, and only there

@@ -22,12 +22,6 @@ def _data(shape, dtype, seed=0, scale=6.0):
     return logits, x
 
 
-@pytest.fixture
-def room(monkeypatch):
-    """Room for new shapes, whatever other tests of this process compiled (MAX_SHAPES)."""
-    monkeypatch.setattr(bk, "_signatures", set())
-
-
 def _eager(logits, x):
     log_p = -F.softplus(logits * (1 - 2 * x), threshold=50.0).sum(-1)
     return log_p, torch.sigmoid(logits) - x
