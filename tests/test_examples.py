@@ -91,7 +91,10 @@ def test_runs_end_to_end_as_a_script_on_real_mnist(tmp_path):
     assert set(wall) == {"data", "training", "evaluation", "figures", "total"}
     assert all(v >= 0 for v in wall.values()) and wall["training"] > 0 and wall["figures"] > 0
     assert sum(v for k, v in wall.items() if k != "total") == pytest.approx(wall["total"])
-    assert wall["training"] <= res["train_seconds"] + wall["data"] + 1.0
+    # the epochs lie inside the training phase, their test evaluations outside it (the exact
+    # split is tests/test_run.py's); no upper bound from timings: the phase also holds one-time
+    # imports (torch.optim imports torch._dynamo, 1.6-1.9 s on a slow host)
+    assert wall["training"] >= res["train_seconds"]
     assert "wall time" in proc.stdout
     assert -400 < res["test_log_likelihood"] < -50
     assert res["test_log_likelihood"] >= res["test_elbo"] - 1.0
