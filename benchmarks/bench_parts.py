@@ -1,4 +1,4 @@
-"""Two pieces of a training step, each against what a hand-written loop uses, interleaved.
+"""Pieces of a training step, each against what a hand-written loop uses, interleaved.
 
     python benchmarks/bench_parts.py           # 784-pixel batches of 128, K = 1 and 5 (about 30 s)
     python benchmarks/bench_parts.py --smoke   # tiny sizes, seconds (CI)
@@ -6,6 +6,10 @@
 * ``draw``: dynamic binarization of a ``[128, 784]`` batch: ``torch.bernoulli(p)`` (what
   hand-written loops call; on a CPU it draws element by element) against train()'s
   ``pyro_vae.data.binarization.draw_bernoulli`` (``1{u < p}`` written into the uniform draw).
+* ``batch``: the rows of a batch of 128 from a 60,000 x 784 data set at a shuffled order's
+  indices, binarized: ``torch.bernoulli(x[index])`` against train()'s
+  ``pyro_vae.training.loop.minibatch`` (``index_select``, then the draw above); the row first
+  checks that both give the same batch after the same seed.
 * ``likelihood``: the Bernoulli log-likelihood summed over pixels, forward and backward, on
   ``[K, 128, 784]`` logits: torch's cross-entropy
   (``-binary_cross_entropy_with_logits(...).sum(-1)``, as the references and Pyro's Bernoulli
@@ -46,6 +50,7 @@ import pyro_vae  # noqa: E402
 from pyro_vae.data.binarization import draw_bernoulli  # noqa: E402
 from pyro_vae.model import _bernoulli_kernel as bernoulli_kernel  # noqa: E402
 from pyro_vae.model.likelihoods import BernoulliLikelihood  # noqa: E402
+from pyro_vae.training.loop import minibatch  # noqa: E402
 
 
 def _rows(times: dict[str, list[float]], label: str) -> list[list[str]]:
@@ -63,6 +68,31 @@ def bench_draw(args, device) -> list[list[str]]:
     reps = {n: calibrate(f, device, args.block_s) for n, f in cands.items()}
     times = interleaved(cands, args.rounds, device, reps)
     return _rows(times, f"draw [{args.batch}, {args.pixels}]")
+
+
+def bench_batch(args, device) -> list[list[str]]:
+    g = torch.Generator().manual_seed(0)
+    data = torch.rand(args.rows, args.pixels, generator=g).to(device)
+    order = torch.randperm(args.rows, generator=g).to(device)
+    starts = iter(range(0, 10**9, args.batch))
+
+    def index():
+        start = next(starts) % (args.rows - args.batch)
+        return order[start : start + args.batch]
+
+    cands = {
+        "reference": lambda: torch.bernoulli(data[index()]),
+        "library": lambda: minibatch(data, index(), "dynamic"),
+    }
+    same = []
+    for f in cands.values():
+        starts = iter(range(0, 10**9, args.batch))
+        torch.manual_seed(0)
+        same.append(f())
+    assert torch.equal(*same), "train()'s batch differs from torch.bernoulli(x[index])"
+    reps = {n: calibrate(f, device, args.block_s) for n, f in cands.items()}
+    times = interleaved(cands, args.rounds, device, reps)
+    return _rows(times, f"batch [{args.batch}, {args.pixels}] of {args.rows:,} rows")
 
 
 def eager(fn):
@@ -132,10 +162,11 @@ def main(argv=None) -> list[list[str]]:
     device = pyro_vae.resolve_device(args.device)
     setup_clock(args, device)
     args.batch, args.pixels = (16, 64) if args.smoke else (128, 784)
+    args.rows = 512 if args.smoke else 60_000
     args.rounds = args.rounds or (2 if args.smoke else 15)
     args.block_s = 0.01 if args.smoke else 0.2
     print(f"# Parts of a training step\n\n{environment(device)}\n")
-    rows = bench_draw(args, device)
+    rows = bench_draw(args, device) + bench_batch(args, device)
     for k in (1, 5):
         rows += bench_likelihood(args, device, k)
     header = ["piece", "implementation", "ms per call (median)", "reference / this"]

@@ -1,13 +1,13 @@
 """Training throughput of pyro_vae against a hand-written PyTorch reference, in one process.
 
 For each estimator (trace, meanfield, iwae K=5 and K=50, stl K=1 and K=5, dreg K=1 and K=5) it
-times whole training steps (pick the batch from the device-resident data, dynamic binarization:
-torch.bernoulli in the references, train()'s draw in the library unless ``--draw shared``,
-zero_grad, loss, backward, Adam step), the library's step and the reference's (``_common.RefVAE``,
-each estimator written by hand in plain PyTorch), interleaved over rounds, and reports the
-paired per-round ratio  images/s (Pyro) / images/s (reference)  as median [q1, q3]. A third
-candidate runs only the step's matrix products (same shapes, same threads): the ceiling of
-any implementation that keeps them.
+times whole training steps (pick the batch from the device-resident data and binarize it:
+``torch.bernoulli(x[index])`` in the references, train()'s ``minibatch`` in the library unless
+``--draw shared``; zero_grad, loss, backward, Adam step), the library's step and the
+reference's (``_common.RefVAE``, each estimator written by hand in plain PyTorch), interleaved
+over rounds, and reports the paired per-round ratio  images/s (Pyro) / images/s (reference)  as
+median [q1, q3]. A third candidate runs only the step's matrix products (same shapes, same
+threads): the ceiling of any implementation that keeps them.
 
 The library's step is ``pyro_vae.training.loss.TrainingLoss`` followed by ``backward()``, what
 ``train()`` runs. Variants of it show what the fast path (the VAE's own plain-torch log weights
@@ -51,7 +51,7 @@ from _common import (  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae import VAE, TrainConfig, make_elbo  # noqa: E402
-from pyro_vae.data.binarization import draw_bernoulli  # noqa: E402
+from pyro_vae.training.loop import minibatch  # noqa: E402
 from pyro_vae.training.loss import TrainingLoss  # noqa: E402
 from pyro_vae.training.optimizer import make_optimizer  # noqa: E402
 
@@ -137,19 +137,31 @@ def library_optimizer(params, lr):
     return make_optimizer(params, lr, TrainConfig().adam_impl)
 
 
-#: how each loop binarizes its batch: a hand-written loop with torch.bernoulli, the library with
-#: train()'s own draw (``--draw shared`` gives every candidate torch.bernoulli: the model step
-#: alone). On a CPU torch.bernoulli is about 1.0 ms for a 128 x 784 batch, train()'s 0.24 ms.
-DRAWS = {"reference": torch.bernoulli, "library": draw_bernoulli}
+def reference_batch(x_train, index):
+    """A hand-written loop's batch: ``torch.bernoulli(x_train[index])``."""
+    return torch.bernoulli(x_train[index])
+
+
+def library_batch(x_train, index):
+    """train()'s batch: :func:`pyro_vae.training.loop.minibatch`, dynamic binarization."""
+    return minibatch(x_train, index, "dynamic")
+
+
+#: how each loop makes its batch from the data and the batch's indices: a hand-written loop
+#: gathers ``x[index]`` and binarizes with torch.bernoulli, the library as train() does
+#: (``index_select``, its own draw); ``--draw shared`` gives every candidate the hand-written
+#: batch (the model step alone). On a CPU torch.bernoulli is about 1.0 ms for a 128 x 784
+#: batch, train()'s draw 0.24 ms; the gather 72-131 us, index_select 14-57 us.
+BATCHES = {"reference": reference_batch, "library": library_batch}
 
 
 class Trainer:
     """One candidate: its own copy of the network and its own Adam, walking a shared batch order
-    and binarizing each batch with ``draw`` (default: train()'s)."""
+    and making each batch with ``batch(x_train, index)`` (default: train()'s)."""
 
-    def __init__(self, params, loss_step, x_train, batch_size, lr=1e-3, optimizer=None, draw=None):
+    def __init__(self, params, loss_step, x_train, batch_size, lr=1e-3, optimizer=None, batch=None):
         self.opt = (optimizer or library_optimizer)(list(params), lr)
-        self.draw = draw or DRAWS["library"]
+        self.batch = batch or BATCHES["library"]
         self.loss_step = loss_step
         self.x = x_train
         self.n, self.bs = len(x_train), batch_size
@@ -161,7 +173,7 @@ class Trainer:
     def __call__(self):
         if self.pos + self.bs > self.n:
             self.pos = 0
-        x = self.draw(self.x[self.order[self.pos : self.pos + self.bs]])
+        x = self.batch(self.x, self.order[self.pos : self.pos + self.bs])
         self.pos += self.bs
         self.opt.zero_grad(set_to_none=True)
         loss = self.loss_step(x, self.n)
@@ -240,7 +252,12 @@ def bench_steps(args, device, x_train, cfg, template):
             ref = RefVAE.from_pyro(template)
             step = ref_step_fn(ref, ref_loss)
             cands[name] = Trainer(
-                ref.parameters(), step, x_train, args.batch_size, optimizer=opt, draw=args.ref_draw
+                ref.parameters(),
+                step,
+                x_train,
+                args.batch_size,
+                optimizer=opt,
+                batch=args.ref_batch,
             )
         cands[MATRIX_PRODUCTS] = matrix_products(cfg, k, args.batch_size, device)
         steps = {}
@@ -249,7 +266,7 @@ def bench_steps(args, device, x_train, cfg, template):
             if made is not None:
                 vae, steps[variant] = made
                 cands[variant] = Trainer(
-                    vae.parameters(), steps[variant], x_train, args.batch_size, draw=args.lib_draw
+                    vae.parameters(), steps[variant], x_train, args.batch_size, batch=args.lib_batch
                 )
         for c in cands.values():  # warm-up (JIT compiles here)
             for _ in range(args.warmup):
@@ -445,13 +462,14 @@ def main(argv=None):
         "--draw",
         choices=["own", "shared"],
         default="own",
-        help="own: the references binarize with torch.bernoulli, the library with train()'s draw "
-        "(each loop as written); shared: every candidate with torch.bernoulli (the model step)",
+        help="own: the references gather x[index] and binarize with torch.bernoulli, the library "
+        "makes its batch as train() does (each loop as written); shared: every candidate the "
+        "references' way (the model step alone)",
     )
     p.add_argument("--json", type=Path, default=None, help="write raw timings here")
     args = p.parse_args(argv)
-    args.ref_draw = DRAWS["reference"]
-    args.lib_draw = DRAWS["reference" if args.draw == "shared" else "library"]
+    args.ref_batch = BATCHES["reference"]
+    args.lib_batch = BATCHES["reference" if args.draw == "shared" else "library"]
 
     device = pyro_vae.resolve_device(args.device)
     setup_clock(args, device)

@@ -55,10 +55,12 @@ def test_ais_benchmark_smoke_mode():
 
 @pytest.mark.slow
 def test_parts_benchmark_smoke_mode():
-    """The draw and the likelihood rows, each with its reference; the script itself asserts
-    that every likelihood's gradient is the cross-entropy's."""
+    """The draw, batch and likelihood rows, each with its reference; the script itself asserts
+    that train()'s batch is the hand-written one and every likelihood's gradient is the
+    cross-entropy's."""
     out = _smoke("bench_parts.py")
-    assert out.count("| reference |") == 3 and out.count("| library |") == 3
+    assert out.count("| reference |") == 4 and out.count("| library |") == 4
+    assert "| batch [16, 64] of 512 rows |" in out
     assert "softplus under autograd" in out
     assert out.count("| library, eager path |") == 2
     assert out.count("| library, compiled kernel |") == 2

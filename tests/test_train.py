@@ -353,3 +353,23 @@ def test_load_config_names_the_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match=r"config.json is not a pyro_vae config"):
         pv.load_config(bad)
+
+
+def test_minibatch_is_the_indexed_rows_and_torch_bernoullis_draw():
+    """train()'s batch: index_select gives x[index] exactly (any trailing shape, repeated and
+    unsorted indices), and the dynamic draw is torch.bernoulli's after the same seed."""
+    from pyro_vae.training.loop import minibatch
+
+    g = torch.Generator().manual_seed(3)
+    data = torch.rand(50, 2, 7, 7, generator=g)
+    index = torch.tensor([41, 3, 3, 17, 0, 49])
+    rows = minibatch(data, index, None)
+    assert torch.equal(rows, data[index]) and rows.is_contiguous()
+    torch.manual_seed(0)
+    drawn = minibatch(data, index, "dynamic")
+    torch.manual_seed(0)
+    assert torch.equal(drawn, torch.bernoulli(data[index]))
+    # writing into the batch never touches the data set
+    before = data.clone()
+    minibatch(data, index, None).fill_(-1.0)
+    assert torch.equal(data, before)
