@@ -86,6 +86,7 @@ def bench_batch(args, device) -> list[list[str]]:
     }
     same = []
     for f in cands.values():
+        # the same indices and the same seed for both: index() walks from the start again
         starts = iter(range(0, 10**9, args.batch))
         torch.manual_seed(0)
         same.append(f())
