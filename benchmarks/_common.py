@@ -164,6 +164,19 @@ class RefVAE(nn.Module):
         return out
 
 
+# -- batches ------------------------------------------------------------------------------------
+def reference_batch(x_train: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """A hand-written loop's batch: ``torch.bernoulli(x_train[index])``."""
+    return torch.bernoulli(x_train[index])
+
+
+def library_batch(x_train: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """train()'s batch: :func:`pyro_vae.training.loop.minibatch`, dynamic binarization."""
+    from pyro_vae.training.loop import minibatch
+
+    return minibatch(x_train, index, "dynamic")
+
+
 # -- timing -------------------------------------------------------------------------------------
 def sync(device: torch.device) -> None:
     if device.type == "cuda":

@@ -28,6 +28,7 @@ than the reference).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -41,8 +42,10 @@ from _common import (  # noqa: E402
     environment,
     fmt_ratio,
     interleaved,
+    library_batch,
     markdown_table,
     quartiles,
+    reference_batch,
     setup_clock,
 )
 
@@ -50,7 +53,6 @@ import pyro_vae  # noqa: E402
 from pyro_vae.data.binarization import draw_bernoulli  # noqa: E402
 from pyro_vae.model import _bernoulli_kernel as bernoulli_kernel  # noqa: E402
 from pyro_vae.model.likelihoods import BernoulliLikelihood  # noqa: E402
-from pyro_vae.training.loop import minibatch  # noqa: E402
 
 
 def _rows(times: dict[str, list[float]], label: str) -> list[list[str]]:
@@ -74,23 +76,14 @@ def bench_batch(args, device) -> list[list[str]]:
     g = torch.Generator().manual_seed(0)
     data = torch.rand(args.rows, args.pixels, generator=g).to(device)
     order = torch.randperm(args.rows, generator=g).to(device)
-    starts = iter(range(0, 10**9, args.batch))
-
-    def index():
-        start = next(starts) % (args.rows - args.batch)
-        return order[start : start + args.batch]
-
-    cands = {
-        "reference": lambda: torch.bernoulli(data[index()]),
-        "library": lambda: minibatch(data, index(), "dynamic"),
-    }
+    indices = itertools.cycle(order[: args.rows // args.batch * args.batch].view(-1, args.batch))
+    makers = {"reference": reference_batch, "library": library_batch}
     same = []
-    for f in cands.values():
-        # the same indices and the same seed for both: index() walks from the start again
-        starts = iter(range(0, 10**9, args.batch))
+    for make in makers.values():
         torch.manual_seed(0)
-        same.append(f())
+        same.append(make(data, order[: args.batch]))
     assert torch.equal(*same), "train()'s batch differs from torch.bernoulli(x[index])"
+    cands = {name: lambda make=make: make(data, next(indices)) for name, make in makers.items()}
     reps = {n: calibrate(f, device, args.block_s) for n, f in cands.items()}
     times = interleaved(cands, args.rounds, device, reps)
     return _rows(times, f"batch [{args.batch}, {args.pixels}] of {args.rows:,} rows")

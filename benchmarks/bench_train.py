@@ -41,17 +41,18 @@ from _common import (  # noqa: E402
     fmt_num,
     fmt_ratio,
     interleaved,
+    library_batch,
     load_images,
     markdown_table,
     now,
     quartiles,
+    reference_batch,
     setup_clock,
     sync,
 )
 
 import pyro_vae  # noqa: E402
 from pyro_vae import VAE, TrainConfig, make_elbo  # noqa: E402
-from pyro_vae.training.loop import minibatch  # noqa: E402
 from pyro_vae.training.loss import TrainingLoss  # noqa: E402
 from pyro_vae.training.optimizer import make_optimizer  # noqa: E402
 
@@ -135,16 +136,6 @@ REFERENCES = {
 def library_optimizer(params, lr):
     """The optimizer ``train()`` builds (TrainConfig's default ``adam_impl``)."""
     return make_optimizer(params, lr, TrainConfig().adam_impl)
-
-
-def reference_batch(x_train, index):
-    """A hand-written loop's batch: ``torch.bernoulli(x_train[index])``."""
-    return torch.bernoulli(x_train[index])
-
-
-def library_batch(x_train, index):
-    """train()'s batch: :func:`pyro_vae.training.loop.minibatch`, dynamic binarization."""
-    return minibatch(x_train, index, "dynamic")
 
 
 #: how each loop makes its batch from the data and the batch's indices: a hand-written loop
