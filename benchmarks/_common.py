@@ -206,6 +206,34 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return now() - t0
 
 
+def timed_calls(fn: Callable[[], object], calls: int, device: torch.device) -> float:
+    """Seconds for ``calls`` calls of ``fn`` back to back. A candidate that runs in another
+    process (bench_train's library) has ``timed_block(calls)``, which returns that process's own
+    clock reading for the block: this process waits, idle, on a pipe meanwhile."""
+    if hasattr(fn, "timed_block"):
+        return fn.timed_block(calls)
+
+    def block():
+        for _ in range(calls):
+            fn()
+
+    return timed(block, device)
+
+
+def minor_faults(fn: Callable[[], object], calls: int) -> float:
+    """Minor page faults a call over ``calls`` calls, counted by the process that runs them
+    (``getrusage``; a candidate in another process has ``faults_block(calls)``). Memory that the
+    allocator handed back to the kernel and takes again costs one fault a 4 kB page."""
+    if hasattr(fn, "faults_block"):
+        return fn.faults_block(calls)
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
 def interleaved(
     candidates: dict[str, Callable[[], object]],
     rounds: int,
@@ -223,19 +251,13 @@ def interleaved(
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
-            fn, k = candidates[name], reps[name]
-
-            def block(fn=fn, k=k):
-                for _ in range(k):
-                    fn()
-
-            times[name].append(timed(block, device) / k)
+            times[name].append(timed_calls(candidates[name], reps[name], device) / reps[name])
     return times
 
 
 def calibrate(fn: Callable[[], object], device: torch.device, target_s: float) -> int:
     """Calls per timed block so that one block lasts about ``target_s`` (at least 1)."""
-    t = min(timed(fn, device) for _ in range(2))
+    t = min(timed_calls(fn, 1, device) for _ in range(2))
     return max(1, int(round(target_s / max(t, 1e-6))))
 
 

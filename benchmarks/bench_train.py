@@ -1,4 +1,4 @@
-"""Training throughput of pyro_vae against a hand-written PyTorch reference, in one process.
+"""Training throughput of pyro_vae against a hand-written PyTorch reference, interleaved.
 
 For each estimator (trace, meanfield, iwae K=5 and K=50, stl K=1 and K=5, dreg K=1 and K=5) it
 times whole training steps (pick the batch from the device-resident data and binarize it:
@@ -7,7 +7,9 @@ times whole training steps (pick the batch from the device-resident data and bin
 reference's (``_common.RefVAE``, each estimator written by hand in plain PyTorch), interleaved
 over rounds, and reports the paired per-round ratio  images/s (Pyro) / images/s (reference)  as
 median [q1, q3]. A third candidate runs only the step's matrix products (same shapes, same
-threads): the ceiling of any implementation that keeps them.
+threads): the ceiling of any implementation that keeps them. The library's candidates run in a
+process of their own that keeps freed memory as train() does (``LibraryProcess``), the
+references in one that runs under glibc's defaults, as a hand-written loop does.
 
 The library's step is ``pyro_vae.training.loss.TrainingLoss`` followed by ``backward()``, what
 ``train()`` runs. Variants of it show what the fast path (the VAE's own plain-torch log weights
@@ -22,11 +24,16 @@ MNIST epoch: ``pyro_vae.train`` against the reference's epoch loop, interleaved.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
+import multiprocessing
+import os
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import pyro
@@ -34,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    CLOCK,
     RefVAE,
     add_timing_args,
     calibrate,
@@ -44,15 +52,19 @@ from _common import (  # noqa: E402
     library_batch,
     load_images,
     markdown_table,
+    minor_faults,
     now,
     quartiles,
     reference_batch,
+    set_clock,
     setup_clock,
     sync,
+    timed_calls,
 )
 
 import pyro_vae  # noqa: E402
 from pyro_vae import VAE, TrainConfig, make_elbo  # noqa: E402
+from pyro_vae._malloc import retain_freed_memory  # noqa: E402
 from pyro_vae.training.loss import TrainingLoss  # noqa: E402
 from pyro_vae.training.optimizer import make_optimizer  # noqa: E402
 
@@ -219,6 +231,194 @@ def ref_step_fn(ref, loss):
     return step
 
 
+def reference_trainer(label: str, optimizer: str, template, x_train, batch_size: int, batch):
+    """A hand-written loop for estimator ``label``: a RefVAE with ``template``'s weights and the
+    optimizer ``REFERENCES[optimizer]``."""
+    ref = RefVAE.from_pyro(template)
+    step = ref_step_fn(ref, ESTIMATORS[label][2])
+    return Trainer(
+        ref.parameters(), step, x_train, batch_size, optimizer=REFERENCES[optimizer], batch=batch
+    )
+
+
+def library_epoch(cfg, template, x_train, device, config) -> float:
+    """Seconds (on the benchmark's clock) of the second of ``config.epochs`` = 2 epochs of
+    ``pyro_vae.train``, from the first epoch's callback to the second's."""
+    vae = new_vae(cfg, template, device)
+    stamps = []
+
+    def stamp(record):
+        sync(device)
+        stamps.append(now())
+
+    pyro_vae.train(vae, x_train, config=config, callbacks=[stamp])
+    return stamps[1] - stamps[0]
+
+
+# -- the library's process -----------------------------------------------------------------------
+#: the candidates the library's process builds, by kind: (data, device, **params) -> candidate or
+#: None (a variant that does not apply); a candidate with ``uses_model_log_weights`` reports it
+_BUILDERS = {
+    "variant": lambda d, device, variant, est, k, batch_size, batch: _variant_trainer(
+        d, device, variant, est, k, batch_size, batch
+    ),
+    "reference": lambda d, device, label, optimizer, batch_size, batch: reference_trainer(
+        label, optimizer, d["template"], d["x_train"], batch_size, BATCHES[batch]
+    ),
+    "matrix products": lambda d, device, k, batch_size: matrix_products(
+        d["cfg"], k, batch_size, device
+    ),
+    "epoch": lambda d, device, config: (
+        lambda: library_epoch(d["cfg"], d["template"], d["x_train"], device, TrainConfig(**config))
+    ),
+}
+
+
+def _variant_trainer(d, device, variant, est, k, batch_size, batch):
+    made = make_variant(variant, est, k, d["cfg"], d["template"], device)
+    if made is None:
+        return None
+    vae, step = made
+    trainer = Trainer(vae.parameters(), step, d["x_train"], batch_size, batch=BATCHES[batch])
+    trainer.uses_model_log_weights = lambda: step.loss.uses_model_log_weights
+    return trainer
+
+
+def _library_worker(conn, settings: dict) -> None:
+    """The library's process: build candidates on request, run timed blocks of them on this
+    process's clock, and answer ``(True, value)`` or ``(False, traceback)``."""
+    if settings["mallopt"] is None:
+        os.environ.pop("PYRO_VAE_MALLOPT", None)
+    else:
+        os.environ["PYRO_VAE_MALLOPT"] = settings["mallopt"]
+    torch.set_num_threads(settings["threads"])
+    set_clock(settings["clock"])
+    device = torch.device(settings["device"])
+    torch.manual_seed(0)
+    pyro.set_rng_seed(0)
+    # what train() does before its first CPU step
+    keeps_freed_memory = device.type == "cpu" and retain_freed_memory()
+    data, cands = {}, {}
+    while True:
+        op, *rest = conn.recv()
+        if op == "close":
+            return
+        try:
+            if op == "load":
+                name, path, cfg = rest
+                saved = torch.load(path, weights_only=True)
+                template = VAE(**cfg).to(device)
+                template.load_state_dict(saved["state"])
+                data[name] = {"cfg": cfg, "template": template, "x_train": saved["x"].to(device)}
+                out = None
+            elif op == "build":
+                name, kind, data_name, params = rest
+                cands[name] = _BUILDERS[kind](data[data_name], device, **params)
+                out = cands[name] is not None
+            elif op == "block":
+                name, calls = rest
+                out = timed_calls(cands[name], calls, device)
+            elif op == "faults":
+                name, calls = rest
+                out = minor_faults(cands[name], calls)
+            elif op == "call":
+                out = cands[rest[0]]()
+                out = out if isinstance(out, float) else None
+            elif op == "uses_model_log_weights":
+                report = getattr(cands[rest[0]], "uses_model_log_weights", None)
+                out = None if report is None else bool(report())
+            elif op == "drop":
+                cands.clear()
+                out = None
+            elif op == "keeps_freed_memory":
+                out = keeps_freed_memory
+            else:
+                raise ValueError(f"unknown request {op!r}")
+            conn.send((True, out))
+        except Exception:
+            conn.send((False, traceback.format_exc()))
+
+
+class RemoteCandidate:
+    """A candidate that lives in the library's process: ``()`` runs one call there, and
+    ``timed_block(calls)`` returns that process's clock reading for ``calls`` calls."""
+
+    def __init__(self, process: LibraryProcess, name: str) -> None:
+        self.process, self.name = process, name
+
+    def __call__(self):
+        return self.process.request("call", self.name)
+
+    def timed_block(self, calls: int) -> float:
+        return self.process.request("block", self.name, calls)
+
+    def faults_block(self, calls: int) -> float:
+        return self.process.request("faults", self.name, calls)
+
+    def uses_model_log_weights(self) -> bool | None:
+        return self.process.request("uses_model_log_weights", self.name)
+
+
+class LibraryProcess:
+    """The library's candidates in a spawned process of their own.
+
+    train() sets glibc's allocator thresholds for its whole process (pyro_vae/_malloc.py: freed
+    2 MB tensors stay in the heap instead of being faulted in again on every step, about 12% of
+    an iwae K = 5 step on a CPU). A hand-written loop runs under glibc's defaults; in one process
+    the references would inherit the library's setting, or the library would lose it. So the
+    library's candidates run here, in a child that sets the thresholds as train() does, and the
+    references in the benchmark's process, which never does. Each timed block is timed by the
+    process that runs it, on the benchmark's clock, while the other waits idle on a pipe.
+    Weights and data travel through a file that the child loads with ``weights_only=True``.
+    """
+
+    def __init__(self, device: torch.device, mallopt: str | None) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        settings = {
+            "threads": torch.get_num_threads(),
+            "clock": CLOCK["name"],
+            "device": str(device),
+            "mallopt": mallopt,
+        }
+        self.proc = ctx.Process(target=_library_worker, args=(child, settings), daemon=True)
+        self.proc.start()
+        child.close()
+        self.tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
+
+    def request(self, *msg):
+        self.conn.send(msg)
+        try:
+            ok, value = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(
+                f"the library's process ended (exit code {self.proc.exitcode}) during {msg[0]!r}"
+            ) from None
+        if not ok:
+            raise RuntimeError(f"the library's process failed during {msg!r}:\n{value}")
+        return value
+
+    def load(self, name: str, cfg: dict, template, x_train: torch.Tensor) -> None:
+        """Send ``template``'s weights and the data, as ``name``."""
+        path = Path(self.tmp.name) / f"{name}.pt"
+        torch.save({"state": template.state_dict(), "x": x_train.cpu()}, path)
+        self.request("load", name, str(path), cfg)
+
+    def candidate(self, name: str, kind: str, data: str, **params) -> RemoteCandidate | None:
+        """Build a candidate (see ``_BUILDERS``) there; None where it does not apply."""
+        built = self.request("build", name, kind, data, params)
+        return RemoteCandidate(self, name) if built else None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self.conn.send(("close",))
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.conn.close()
+        self.tmp.cleanup()
+
+
 @torch.no_grad()
 def loss_check(template, est, k, ref_loss, x, n, reps):
     """Mean loss at the initial weights over ``reps`` seeds, library (the Pyro program) /
@@ -233,50 +433,64 @@ def loss_check(template, est, k, ref_loss, x, n, reps):
     return float(torch.stack(a).mean() / torch.stack(b).mean())
 
 
-def bench_steps(args, device, x_train, cfg, template):
+#: the fused reference again, in the library's process: what the allocator setting alone gives
+#: a hand-written loop (a row for transparency; the ratios are to the references above)
+FUSED_THERE = "reference, fused Adam, in the library's process"
+
+
+def bench_steps(args, device, x_train, cfg, template, lib: LibraryProcess):
     rows, raw = [], {}
+    lib.load("steps", cfg, template, x_train)
+    batch = "reference" if args.lib_batch is BATCHES["reference"] else "library"
     for label in args.estimators:
         est, k, ref_loss = ESTIMATORS[label]
         k = min(k, args.max_k) if args.max_k else k
-        cands = {}
-        for name, opt in REFERENCES.items():
-            ref = RefVAE.from_pyro(template)
-            step = ref_step_fn(ref, ref_loss)
-            cands[name] = Trainer(
-                ref.parameters(),
-                step,
-                x_train,
-                args.batch_size,
-                optimizer=opt,
-                batch=args.ref_batch,
+        cands = {
+            name: reference_trainer(label, name, template, x_train, args.batch_size, args.ref_batch)
+            for name in REFERENCES
+        }
+        # the ceiling runs where the allocator keeps freed memory, the better case for it
+        cands[MATRIX_PRODUCTS] = lib.candidate(
+            MATRIX_PRODUCTS, "matrix products", "steps", k=k, batch_size=args.batch_size
+        )
+        if args.fused_there:
+            cands[FUSED_THERE] = lib.candidate(
+                FUSED_THERE,
+                "reference",
+                "steps",
+                label=label,
+                optimizer="reference, fused Adam",
+                batch_size=args.batch_size,
+                batch="reference",
             )
-        cands[MATRIX_PRODUCTS] = matrix_products(cfg, k, args.batch_size, device)
-        steps = {}
+        variants = []
         for variant in args.variants:
-            made = make_variant(variant, est, k, cfg, template, device)
+            params = dict(variant=variant, est=est, k=k, batch_size=args.batch_size, batch=batch)
+            made = lib.candidate(variant, "variant", "steps", **params)
             if made is not None:
-                vae, steps[variant] = made
-                cands[variant] = Trainer(
-                    vae.parameters(), steps[variant], x_train, args.batch_size, batch=args.lib_batch
-                )
+                cands[variant] = made
+                variants.append(variant)
         for c in cands.values():  # warm-up (JIT compiles here)
             for _ in range(args.warmup):
                 c()
         reps = {name: calibrate(c, device, args.block_s) for name, c in cands.items()}
         times = interleaved(cands, args.rounds, device, reps)
+        faults = {name: minor_faults(c, reps[name]) for name, c in cands.items()}
         check = loss_check(
             template, est, k, ref_loss, torch.bernoulli(x_train[: args.batch_size]), len(x_train), 4
         )
         ref_t, tuned_t = times["reference"], times["reference, fused Adam"]
         # stock must have run the VAE's own log weights between validated steps all along (a
         # mismatch on a validated step would have switched it to the Pyro program, with a warning)
-        own = {name: s.loss.uses_model_log_weights for name, s in steps.items()}
+        own = {name: cands[name].uses_model_log_weights() for name in variants}
+        lib.request("drop")
         if "stock" in own and not own["stock"]:
             print(f"  WARNING: {label}: stock fell back to the Pyro program", file=sys.stderr)
         raw[label] = {
             "K": k,
             "seconds_per_step": times,
             "steps_per_block": reps,
+            "page_faults_per_step": faults,
             "loss_ratio_at_init": check,
             "uses_model_log_weights": own,
         }
@@ -289,7 +503,7 @@ def bench_steps(args, device, x_train, cfg, template):
                 raw[label].setdefault("ratios_to_fused_reference", {})[name] = tuned
             plain = "1" if name == "reference" else fmt_ratio(ratios)
             fused = "1" if name == "reference, fused Adam" else fmt_ratio(tuned)
-            rows.append([label, name, fmt_num(ips), plain, fused, ""])
+            rows.append([label, name, fmt_num(ips), plain, fused, fmt_num(faults[name]), ""])
         rows[-len(times)][-1] = f"{check:.4f}"  # once per estimator
         print(f"  {label}: done", file=sys.stderr, flush=True)
     table = markdown_table(
@@ -299,6 +513,7 @@ def bench_steps(args, device, x_train, cfg, template):
             "images/s (median)",
             "ratio to the reference (default Adam): median [q1, q3]",
             "ratio to the reference with fused Adam",
+            "page faults a step",
             "loss pyro/ref at init",
         ],
         rows,
@@ -306,11 +521,12 @@ def bench_steps(args, device, x_train, cfg, template):
     return table, raw
 
 
-def bench_epoch(args, device, x_train, cfg, template):
+def bench_epoch(args, device, x_train, cfg, template, lib: LibraryProcess):
     """Seconds per epoch: ``pyro_vae.train`` (trace, dynamic binarization, 2 epochs; the second
-    is timed, from the first epoch's callback to the second's, on the benchmark's clock) against
-    the reference's epoch loop (also the second of two), interleaved; with ``--slow-epoch`` also
-    ``train`` with ``TrainConfig(fast_path=False)`` (the Pyro program, validated, every step)."""
+    is timed, from the first epoch's callback to the second's, on the benchmark's clock, in the
+    library's process) against the reference's epoch loop (also the second of two), interleaved;
+    with ``--slow-epoch`` also ``train`` with ``TrainConfig(fast_path=False)`` (the Pyro program,
+    validated, every step)."""
     n, bs = len(x_train), args.batch_size
     config = TrainConfig(
         epochs=2,
@@ -322,17 +538,7 @@ def bench_epoch(args, device, x_train, cfg, template):
         eval_every=0,
         device=str(device),
     )
-
-    def library_epoch(config=config):
-        vae = new_vae(cfg, template, device)
-        stamps = []
-
-        def stamp(record):
-            sync(device)
-            stamps.append(now())
-
-        pyro_vae.train(vae, x_train, config=config, callbacks=[stamp])
-        return stamps[1] - stamps[0]
+    lib.load("epoch", cfg, template, x_train)
 
     def reference_epoch(make_opt=REFERENCES["reference"]):
         ref = RefVAE.from_pyro(template)
@@ -360,15 +566,19 @@ def bench_epoch(args, device, x_train, cfg, template):
     cands = {
         "reference": reference_epoch,
         "reference, fused Adam": lambda: reference_epoch(REFERENCES["reference, fused Adam"]),
-        "pyro_vae.train": library_epoch,
+        "pyro_vae.train": lib.candidate(
+            "pyro_vae.train", "epoch", "epoch", config=dataclasses.asdict(config)
+        ),
     }
     if args.slow_epoch:
-        slow = dataclasses.replace(config, fast_path=False)
-        cands["pyro_vae.train, fast_path=False"] = lambda: library_epoch(slow)
+        slow = dataclasses.asdict(dataclasses.replace(config, fast_path=False))
+        name = "pyro_vae.train, fast_path=False"
+        cands[name] = lib.candidate(name, "epoch", "epoch", config=slow)
     secs = {name: [] for name in cands}
     for r in range(args.epoch_rounds):
         for name in cands if r % 2 == 0 else reversed(list(cands)):
             secs[name].append(cands[name]())
+    lib.request("drop")
     rows = []
     for name, s in secs.items():
         q1, med, q3 = quartiles(s)
@@ -389,7 +599,7 @@ def bench_epoch(args, device, x_train, cfg, template):
     return table, secs
 
 
-def bench_overhead(args, device):
+def bench_overhead(args, device, lib: LibraryProcess):
     """Fixed per-step cost of each variant: the same steps on a 784-[8]-2 network with batch 8,
     where the tensor work is negligible, so the time over the reference is the per-step
     overhead of Pyro's machinery (which a 784-400-20 step at batch 128 pays as well)."""
@@ -401,15 +611,18 @@ def bench_overhead(args, device):
     loss = ESTIMATORS["trace"][2]
     # The same optimizer on both sides (train()'s): the difference is the per-step machinery.
     cands = {"reference": Trainer(ref.parameters(), ref_step_fn(ref, loss), x_train, 8)}
+    lib.load("overhead", cfg, template, x_train)
     for variant in args.variants:
-        made = make_variant(variant, "trace", 1, cfg, template, device)
+        params = dict(variant=variant, est="trace", k=1, batch_size=8, batch="library")
+        made = lib.candidate(variant, "variant", "overhead", **params)
         if made is not None:
-            cands[variant] = Trainer(made[0].parameters(), made[1], x_train, 8)
+            cands[variant] = made
     for c in cands.values():
         for _ in range(10):
             c()
     reps = {name: calibrate(c, device, args.block_s / 2) for name, c in cands.items()}
     times = interleaved(cands, args.rounds, device, reps)
+    lib.request("drop")
     ref_us = quartiles(times["reference"])[1] * 1e6
     rows = []
     for name, ts in times.items():
@@ -457,6 +670,13 @@ def main(argv=None):
         "makes its batch as train() does (each loop as written); shared: every candidate the "
         "references' way (the model step alone)",
     )
+    p.add_argument(
+        "--no-fused-in-library-process",
+        dest="fused_there",
+        action="store_false",
+        help=f"skip the row {FUSED_THERE!r} (the fused reference under the library's allocator "
+        "setting)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write raw timings here")
     args = p.parse_args(argv)
     args.ref_batch = BATCHES["reference"]
@@ -483,18 +703,38 @@ def main(argv=None):
     x_train, _ = load_images(smoke, device, n_train=512)
     template = VAE(**cfg).to(device)
 
+    # The references' process never sets glibc's thresholds (train() would, process-wide); the
+    # library's process gets the user's PYRO_VAE_MALLOPT, if any.
+    user_mallopt = os.environ.get("PYRO_VAE_MALLOPT")
+    os.environ["PYRO_VAE_MALLOPT"] = "0"
+    lib = LibraryProcess(device, user_mallopt)
+    try:
+        return _run(args, device, cfg, x_train, template, lib)
+    finally:
+        lib.close()
+        if user_mallopt is None:
+            os.environ.pop("PYRO_VAE_MALLOPT", None)
+        else:
+            os.environ["PYRO_VAE_MALLOPT"] = user_mallopt
+
+
+def _run(args, device, cfg, x_train, template, lib: LibraryProcess):
     t0 = time.perf_counter()
     print(f"# Training benchmark\n\n{environment(device)}\n")
     print(
         f"Model {cfg['x_dim']}-{list(cfg['hidden_dims'])}-{cfg['z_dim']} ReLU, Bernoulli "
         f"likelihood, N(0, I) prior; batch {args.batch_size}; N = {len(x_train)}; "
-        f"{args.rounds} interleaved rounds of about {args.block_s} s per candidate.\n"
+        f"{args.rounds} interleaved rounds of about {args.block_s} s per candidate. The "
+        "library's candidates (and the step's matrix products, and the fused reference's "
+        f"second row) run in a process of their own that keeps freed memory as train() does "
+        f"(pyro_vae/_malloc.py; set there: {lib.request('keeps_freed_memory')}), the "
+        "references in one that does not.\n"
     )
-    step_table, raw = bench_steps(args, device, x_train, cfg, template)
+    step_table, raw = bench_steps(args, device, x_train, cfg, template, lib)
     print("## Training steps\n\n" + step_table + "\n")
     overhead_raw = None
     if args.overhead:
-        overhead_table, overhead_raw = bench_overhead(args, device)
+        overhead_table, overhead_raw = bench_overhead(args, device, lib)
         print(
             "## Fixed per-step overhead (784-[8]-2, batch 8: negligible tensor work)\n\n"
             + overhead_table
@@ -502,12 +742,20 @@ def main(argv=None):
         )
     epoch_raw = None
     if args.epoch_rounds > 0:
-        epoch_table, epoch_raw = bench_epoch(args, device, x_train, cfg, template)
+        epoch_table, epoch_raw = bench_epoch(args, device, x_train, cfg, template, lib)
         print(f"## Seconds per epoch (trace, batch {args.batch_size})\n\n{epoch_table}\n")
     print(f"total benchmark time: {time.perf_counter() - t0:.0f} s")
     if args.json:
         args.json.write_text(
-            json.dumps({"steps": raw, "overhead": overhead_raw, "epoch": epoch_raw}, indent=1)
+            json.dumps(
+                {
+                    "steps": raw,
+                    "overhead": overhead_raw,
+                    "epoch": epoch_raw,
+                    "library_process_keeps_freed_memory": lib.request("keeps_freed_memory"),
+                },
+                indent=1,
+            )
         )
     # CI: every ratio was computed and is a finite positive number (no target asserted).
     for label, r in raw.items():

@@ -1,14 +1,18 @@
-"""Keep freed evaluation tiles in the process's heap (glibc), so the next tile reuses them.
+"""Keep freed CPU tensors in the process's heap (glibc), so the next step or tile reuses them.
 
-A K-sample evaluation allocates and frees tensors of a few MB per tile, thousands of times.
-glibc's malloc serves them from ``mmap`` or trims the freed top of its heap back to the kernel
-(its thresholds start at 128 kB and adapt upward only so far), so every tile page-faults its
-fresh memory in again: on this project's CPU that is about 30% of an evaluation
-(benchmarks/RESULTS.md: 9.3 against 6.5 us a sample). :func:`retain_freed_tiles` sets the two
-thresholds to the upper bounds that glibc's own adaptation would reach (``M_MMAP_THRESHOLD``
-32 MB, ``M_TRIM_THRESHOLD`` 64 MB), once per process, before the first CPU evaluation: at most
-64 MB of freed memory stays with the process. It does nothing off glibc, where the user set
-``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` themselves, or with ``PYRO_VAE_MALLOPT=0``.
+Training steps and K-sample evaluations allocate and free tensors of a few MB (a K = 5 step's
+``[K*B, D]`` = ``[640, 784]`` decoder outputs are 2 MB each) thousands of times. glibc's malloc
+serves them from ``mmap`` or trims the freed top of its heap back to the kernel (its thresholds
+start at 128 kB and adapt upward only so far: 2 MB and 4 MB in a K = 5 run), so every step or
+tile page-faults its fresh memory in again. On this project's CPU that is about 30% of an
+evaluation (benchmarks/RESULTS.md: 9.3 against 6.5 us a sample) and 12% of an iwae K = 5
+training step (about 1,000 faults and 1.6-2.0 ms of system time a step).
+:func:`retain_freed_memory` sets the two thresholds to the upper bounds that glibc's own
+adaptation would reach (``M_MMAP_THRESHOLD`` 32 MB, ``M_TRIM_THRESHOLD`` 64 MB), once per
+process, before the first CPU training step (train()) or evaluation: at most 64 MB of freed
+memory stays with the process. The setting is process-wide. It does nothing off glibc, where
+the user set ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` themselves, or with
+``PYRO_VAE_MALLOPT=0``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import ctypes
 import os
 import platform
 
-__all__ = ["retain_freed_tiles"]
+__all__ = ["retain_freed_memory"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 MMAP_THRESHOLD = 32 * 2**20
@@ -25,7 +29,7 @@ TRIM_THRESHOLD = 64 * 2**20
 _done: list[bool] = []
 
 
-def retain_freed_tiles() -> bool:
+def retain_freed_memory() -> bool:
     """Set glibc's thresholds once (see the module docstring); whether they are set."""
     if _done:
         return _done[0]

@@ -1,6 +1,7 @@
 """CI runs the benchmarks only in their seconds-long smoke mode: they must run and report ratios."""
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,10 @@ def test_benchmark_smoke_mode(script):
     if script == "bench_train.py":  # the tuned reference and both ratios, each estimator
         assert out.count("| reference, fused Adam |") >= 8
         assert out.count("| the step's matrix products alone |") >= 8
+        # the library in its own process (train()'s allocator setting), the references not
+        assert out.count("| reference, fused Adam, in the library's process |") >= 8
+        assert "page faults a step" in out
+        assert "set there: True" in out or platform.libc_ver()[0] != "glibc"
     else:  # the 3 MB-tile reference and the Pyro program on every tile
         assert "reference, 3 MB tiles" in out and "| program |" in out
 

@@ -66,7 +66,7 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.runtime import am_i_wrapped
 
-from .._malloc import retain_freed_tiles
+from .._malloc import retain_freed_memory
 from ..model.flows import FlowNotInvertible
 from .batching import chunks, tile_elements
 from .inputs import check_owner_data
@@ -640,7 +640,7 @@ def _run(
     if max_elements is None:
         max_elements = tile_elements(data.device, keeps_graph=True)
     if data.device.type == "cpu":
-        retain_freed_tiles()
+        retain_freed_memory()
     n, d = len(data), max(1, data[0].numel())
     chain_chunk = max(1, min(num_chains, max_elements // d))
     batch_size = options.batch_size

@@ -13,7 +13,7 @@ from pyro.infer.util import is_validation_enabled
 from pyro.poutine.runtime import am_i_wrapped
 
 from .._device import fork_rng
-from .._malloc import retain_freed_tiles
+from .._malloc import retain_freed_memory
 from .batching import CPU_TILE_ELEMENTS, CUDA_TILE_ELEMENTS, MIN_CHUNK, chunks, tile_elements
 from .inputs import check_model_data, check_owner_data
 from .log_weights import latent_sites, log_weights
@@ -106,7 +106,7 @@ def log_likelihood(
     own = fast_path and not kwargs and max_plate_nesting == 1 and _same_owner(model, guide)
     own = own and not am_i_wrapped()
     if data.device.type == "cpu":
-        retain_freed_tiles()
+        retain_freed_memory()
     program = _ProgramTiles(model, guide, max_plate_nesting, kwargs)
     dtype = data.dtype if data.is_floating_point() else torch.get_default_dtype()
     out = {k: torch.empty(n, dtype=dtype, device=data.device) for k in LogLikelihood._fields}

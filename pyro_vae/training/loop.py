@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._io import atomic_write_text
+from .._malloc import retain_freed_memory
 from ..data import as_tensor, check_data
 from ..data.binarization import draw_bernoulli
 from ..data.checks import value_range
@@ -150,6 +151,8 @@ def _session(vae, train_data, test_data, config, out_dir, resume, elbo, distribu
     """Processes, checked data on the device, optimizer, the restored run and the step."""
     procs = DataParallel() if distributed else SingleProcess()
     device = procs.device(config.device)
+    if device.type == "cpu":
+        retain_freed_memory()
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir (where the checkpoint is)")
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
