@@ -5,8 +5,10 @@ Training steps and K-sample evaluations allocate and free tensors of a few MB (a
 serves them from ``mmap`` or trims the freed top of its heap back to the kernel (its thresholds
 start at 128 kB and adapt upward only so far: 2 MB and 4 MB in a K = 5 run), so every step or
 tile page-faults its fresh memory in again. On this project's CPU that is about 30% of an
-evaluation (benchmarks/RESULTS.md: 9.3 against 6.5 us a sample) and 12% of an iwae K = 5
-training step (about 1,000 faults and 1.6-2.0 ms of system time a step).
+evaluation (benchmarks/RESULTS.md: 9.3 against 6.5 us a sample), 14% of an iwae K = 5 training
+step (about 1,000 faults a step) and 9% at K = 50, where glibc's thresholds were not already
+pushed up by what the process did before (loading MNIST through :mod:`pyro_vae.data` does that
+for K = 5, not for K = 50).
 :func:`retain_freed_memory` sets the two thresholds to the upper bounds that glibc's own
 adaptation would reach (``M_MMAP_THRESHOLD`` 32 MB, ``M_TRIM_THRESHOLD`` 64 MB), once per
 process, before the first CPU training step (train()) or evaluation: at most 64 MB of freed
