@@ -321,7 +321,7 @@ def _library_worker(conn, settings: dict) -> None:
             elif op == "faults":
                 name, calls = rest
                 out = minor_faults(cands[name], calls)
-            elif op == "call":
+            elif op == "call":  # an epoch's seconds come back; a step's loss tensor does not
                 out = cands[rest[0]]()
                 out = out if isinstance(out, float) else None
             elif op == "uses_model_log_weights":
@@ -363,13 +363,15 @@ class LibraryProcess:
     """The library's candidates in a spawned process of their own.
 
     train() sets glibc's allocator thresholds for its whole process (pyro_vae/_malloc.py: freed
-    2 MB tensors stay in the heap instead of being faulted in again on every step, about 12% of
-    an iwae K = 5 step on a CPU). A hand-written loop runs under glibc's defaults; in one process
-    the references would inherit the library's setting, or the library would lose it. So the
-    library's candidates run here, in a child that sets the thresholds as train() does, and the
-    references in the benchmark's process, which never does. Each timed block is timed by the
-    process that runs it, on the benchmark's clock, while the other waits idle on a pipe.
-    Weights and data travel through a file that the child loads with ``weights_only=True``.
+    2-20 MB tensors stay in the heap instead of being faulted in again on every step, 9-14% of
+    an iwae step on a CPU where they would fault). A hand-written loop runs under glibc's
+    defaults; in one process the references would inherit the library's setting, or the library
+    would lose it. So the library's candidates run here, in a child that sets the thresholds as
+    train() does, and the references in the benchmark's process, which never does. Each timed
+    block is timed by the process that runs it, on the benchmark's clock, while the other waits
+    idle on a pipe.
+    Weights and data travel through a file that the child loads with ``weights_only=True``;
+    requests carry plain picklable data only (hence ``dataclasses.asdict`` of a TrainConfig).
     """
 
     def __init__(self, device: torch.device, mallopt: str | None) -> None:
@@ -705,6 +707,10 @@ def main(argv=None):
 
     # The references' process never sets glibc's thresholds (train() would, process-wide); the
     # library's process gets the user's PYRO_VAE_MALLOPT, if any.
+    from pyro_vae import _malloc
+
+    if _malloc._done and _malloc._done[0]:
+        raise RuntimeError("this process already keeps freed memory; run the benchmark afresh")
     user_mallopt = os.environ.get("PYRO_VAE_MALLOPT")
     os.environ["PYRO_VAE_MALLOPT"] = "0"
     lib = LibraryProcess(device, user_mallopt)
@@ -726,9 +732,11 @@ def _run(args, device, cfg, x_train, template, lib: LibraryProcess):
         f"likelihood, N(0, I) prior; batch {args.batch_size}; N = {len(x_train)}; "
         f"{args.rounds} interleaved rounds of about {args.block_s} s per candidate. The "
         "library's candidates (and the step's matrix products, and the fused reference's "
-        f"second row) run in a process of their own that keeps freed memory as train() does "
-        f"(pyro_vae/_malloc.py; set there: {lib.request('keeps_freed_memory')}), the "
-        "references in one that does not.\n"
+        "second row) run in a process of their own, which calls train()'s "
+        "retain_freed_memory() (pyro_vae/_malloc.py; set there: "
+        f"{lib.request('keeps_freed_memory')}), the references in one that never does. Page "
+        "faults are counted after the timed rounds, in the process that ran the step: they "
+        "depend on what that process ran before (glibc's thresholds adapt).\n"
     )
     step_table, raw = bench_steps(args, device, x_train, cfg, template, lib)
     print("## Training steps\n\n" + step_table + "\n")

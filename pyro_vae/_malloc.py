@@ -6,7 +6,7 @@ serves them from ``mmap`` or trims the freed top of its heap back to the kernel 
 start at 128 kB and adapt upward only so far: 2 MB and 4 MB in a K = 5 run), so every step or
 tile page-faults its fresh memory in again. On this project's CPU that is about 30% of an
 evaluation (benchmarks/RESULTS.md: 9.3 against 6.5 us a sample), 14% of an iwae K = 5 training
-step (about 1,000 faults a step) and 9% at K = 50, where glibc's thresholds were not already
+step (1,000-1,230 faults a step) and 9% at K = 50, where glibc's thresholds were not already
 pushed up by what the process did before (loading MNIST through :mod:`pyro_vae.data` does that
 for K = 5, not for K = 50).
 :func:`retain_freed_memory` sets the two thresholds to the upper bounds that glibc's own

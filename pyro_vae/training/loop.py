@@ -108,6 +108,11 @@ def train(
             checkpoint's beyond ``RESUMABLE_CHANGES`` (epochs, progress, device, evaluation,
             adam_impl); every change is recorded in the checkpoint's ``config_changes``, with
             its epoch.
+
+    On a CPU with glibc, ``train`` tells the process's allocator to keep freed memory (at most
+    about 64 MB) instead of handing it back to the kernel each step: a process-wide setting, made
+    once (:mod:`pyro_vae._malloc`; ``PYRO_VAE_MALLOPT=0`` turns it off).
+
     Returns:
         a :class:`TrainResult`; ``history`` holds one dict per epoch with per-datapoint
         ``train_elbo``, ``test_elbo`` and (every ``eval_every`` epochs) ``test_log_likelihood``.
@@ -151,10 +156,10 @@ def _session(vae, train_data, test_data, config, out_dir, resume, elbo, distribu
     """Processes, checked data on the device, optimizer, the restored run and the step."""
     procs = DataParallel() if distributed else SingleProcess()
     device = procs.device(config.device)
-    if device.type == "cpu":
-        retain_freed_memory()
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir (where the checkpoint is)")
+    if device.type == "cpu":
+        retain_freed_memory()
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     if ckpt_path is not None and procs.is_main and ckpt_path.parent.is_dir():
         remove_stale_temporaries(ckpt_path.parent, _RUN_FILES)
