@@ -130,3 +130,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+    cli.exit_process()  # after --distributed, skips the interpreter shutdown (its docstring)

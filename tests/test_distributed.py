@@ -319,6 +319,42 @@ def test_a_rank_that_dies_or_hangs_ends_the_others_with_a_clear_error(mode, tmp_
     assert "another process probably died" in text and "timeout (3 s)" in text
 
 
+_EXIT_SCRIPT = """
+import atexit, sys, torch
+from pyro_vae.training import distributed as pvd
+atexit.register(lambda: print("atexit ran", flush=True))
+if sys.argv[1] == "group":
+    pvd.init_distributed("cpu", timeout=30)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1))
+    model(torch.ones(2, 3)).sum().backward()
+    pvd.shutdown_distributed(barrier=True)
+sys.stdout.write("unflushed output")
+pvd.exit_process(7)
+print(" | after exit_process")
+"""
+
+
+@pytest.mark.parametrize("group", ["group", "none"])
+def test_exit_process_skips_the_shutdown_only_after_a_process_group(group):
+    # With a group, the process ends inside exit_process with the given code, its pending output
+    # and atexit handlers not lost; without one it returns and the script goes on.
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    proc = subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, group],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    if group == "group":
+        assert proc.returncode == 7, proc.stderr
+        assert proc.stdout == "unflushed outputatexit ran\n"
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "unflushed output | after exit_process\natexit ran\n"
+
+
 # -- end to end: torchrun + examples/mnist_svi.py --distributed --------------------------------
 def _fake_images(name="mnist", **kw):
     g = torch.Generator().manual_seed(0)
@@ -384,3 +420,4 @@ if __name__ == "__main__":
             sys.argv[1],
         ]
     )
+    pvd.exit_process()  # what the example's __main__ does

@@ -18,6 +18,7 @@ from ..training.config import TrainConfig
 from ..training.distributed import (
     DEFAULT_TIMEOUT,
     DistributedError,
+    exit_process,
     init_distributed,
     shutdown_distributed,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "ERRORS",
     "exit_on_errors",
     "distributed_session",
+    "exit_process",
 ]
 
 

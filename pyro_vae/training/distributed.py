@@ -36,12 +36,19 @@ How the pieces fit (see :func:`pyro_vae.train` with ``distributed=True``):
   watchdog tears the process down on errors and timeouts (``TORCH_NCCL_ASYNC_ERROR_HANDLING``,
   default 3 in recent torch). A non-finite loss on any rank is seen by all ranks at the same step
   (the loss is all-reduced at each check), so they all raise :class:`~pyro_vae.TrainingDiverged`.
+* Exit: a script ends with :func:`exit_process`. ``DistributedDataParallel`` keeps the gloo
+  process group, and its worker threads, alive after ``destroy_process_group``; a worker that
+  frees a tensor while the interpreter shuts down aborts the process (``terminate called without
+  an active exception``, SIGABRT; about one run in twenty of ``tests/test_distributed.py`` on a
+  2-core machine), so a process that joined a group leaves without the interpreter's shutdown.
 """
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -61,6 +68,7 @@ __all__ = [
     "init_distributed",
     "get_context",
     "shutdown_distributed",
+    "exit_process",
     "rank_seed",
     "shard",
     "evaluate_distributed",
@@ -119,6 +127,8 @@ def get_context() -> DistributedContext:
 
 # The timeout given to init_distributed, for error messages (the process group hides it).
 _CURRENT_TIMEOUT: dict[str, float] = {}
+# Whether this process ever created a process group (its threads may outlive it: exit_process).
+_JOINED: list[bool] = []
 
 
 def init_distributed(
@@ -178,6 +188,7 @@ def init_distributed(
             world_size=world,
             **kwargs,
         )
+        _JOINED.append(True)
     _CURRENT_TIMEOUT["seconds"] = float(timeout)
     return get_context()
 
@@ -198,6 +209,30 @@ def shutdown_distributed(barrier: bool = False) -> None:
                 pass  # a peer already failed; leave anyway
         dist.destroy_process_group()
     _CURRENT_TIMEOUT.clear()
+
+
+def exit_process(code: int = 0) -> None:
+    """End a script: returns at once unless this process created a process group
+    (:func:`init_distributed`); then runs the ``atexit`` handlers, flushes stdout and stderr and
+    ends the process with ``os._exit(code)``, skipping the interpreter's shutdown.
+
+    Why: ``DistributedDataParallel``'s reducer keeps the gloo process group and its worker
+    threads alive after ``destroy_process_group`` (torch 2.13). When a worker frees a tensor
+    that Python once held (a finished collective's) while the interpreter shuts down, it needs
+    the GIL, the shutting-down interpreter ends the thread instead, and the unwinding through a
+    C++ destructor aborts the process: SIGABRT after a run that wrote all its results, which
+    torchrun reports as a failure. Call it after :func:`shutdown_distributed` (every file is
+    closed by then), as the last statement of a script, not from library code.
+    """
+    if not _JOINED:
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass  # closed or replaced: nothing left to lose
+    os._exit(code)
 
 
 def rank_seed(seed: int, *keys: int) -> int:
