@@ -129,6 +129,7 @@ def _train_worker(rank: int, port: int, out: str) -> None:
         )
     finally:
         pvd.shutdown_distributed()
+    pvd.exit_process()  # gloo's threads outlive the group: skip the interpreter's shutdown
 
 
 @pytest.fixture(scope="module")
