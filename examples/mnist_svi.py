@@ -129,5 +129,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
-    cli.exit_process()  # after --distributed, skips the interpreter shutdown (its docstring)
+    cli.run_script(main)  # after --distributed, ends without the interpreter's shutdown

@@ -322,38 +322,60 @@ def test_a_rank_that_dies_or_hangs_ends_the_others_with_a_clear_error(mode, tmp_
 
 _EXIT_SCRIPT = """
 import atexit, sys, torch
+from pyro_vae.experiments import cli
 from pyro_vae.training import distributed as pvd
-atexit.register(lambda: print("atexit ran", flush=True))
+atexit.register(lambda: sys.stdout.write("atexit ran\\n"))  # no flush: exit_process's job
 if sys.argv[1] == "group":
     pvd.init_distributed("cpu", timeout=30)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1))
     model(torch.ones(2, 3)).sum().backward()
     pvd.shutdown_distributed(barrier=True)
 sys.stdout.write("unflushed output")
-pvd.exit_process(7)
-print(" | after exit_process")
+sys.stderr.write("unflushed error")
+def main():
+    if sys.argv[2] == "raise":
+        raise ValueError("bad input")
+    if sys.argv[2] == "exit":
+        sys.exit(3)
+    pvd.exit_process(7)
+    print(" | after exit_process")
+cli.run_script(main)
+print(" | after run_script")
 """
 
 
-@pytest.mark.parametrize("group", ["group", "none"])
-def test_exit_process_skips_the_shutdown_only_after_a_process_group(group):
-    # With a group, the process ends inside exit_process with the given code, its pending output
-    # and atexit handlers not lost; without one it returns and the script goes on.
+def _run_exit_script(group: str, end: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    proc = subprocess.run(
-        [sys.executable, "-c", _EXIT_SCRIPT, group],
+    return subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, group, end],
         capture_output=True,
         text=True,
         timeout=120,
         env=env,
     )
-    if group == "group":
-        assert proc.returncode == 7, proc.stderr
-        assert proc.stdout == "unflushed outputatexit ran\n"
-    else:
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout == "unflushed output | after exit_process\natexit ran\n"
+
+
+def test_exit_process_skips_the_shutdown_only_after_a_process_group():
+    # With a group, the process ends inside exit_process with the given code, its pending output
+    # and atexit handlers not lost; without one it returns and the script goes on.
+    proc = _run_exit_script("group", "code")
+    assert (proc.returncode, proc.stdout) == (7, "unflushed outputatexit ran\n"), proc.stderr
+    assert proc.stderr == "unflushed error"
+    proc = _run_exit_script("none", "code")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "unflushed output | after exit_process\n | after run_script\natexit ran\n"
+
+
+@pytest.mark.parametrize("group", ["group", "none"])
+def test_run_script_ends_an_error_with_its_status_and_message(group):
+    # Under a group the error path must skip the shutdown too, keeping Python's exit status and
+    # traceback; without one, run_script changes nothing.
+    proc = _run_exit_script(group, "raise")
+    assert proc.returncode == 1 and proc.stdout == "unflushed outputatexit ran\n"
+    assert "ValueError: bad input" in proc.stderr and "Traceback" in proc.stderr
+    proc = _run_exit_script(group, "exit")
+    assert proc.returncode == 3 and proc.stdout == "unflushed outputatexit ran\n"
 
 
 # -- end to end: torchrun + examples/mnist_svi.py --distributed --------------------------------
@@ -401,24 +423,27 @@ if __name__ == "__main__":
     spec = importlib.util.spec_from_file_location("mnist_svi", SCRIPT)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    example.main(
-        [
-            "--distributed",
-            "--dist-timeout",
-            "120",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "50",
-            "--z-dim",
-            "2",
-            "--hidden-dims",
-            "32",
-            "--eval-samples",
-            "5",
-            "--no-progress",
-            "--out",
-            sys.argv[1],
-        ]
+    from pyro_vae.experiments import cli
+
+    cli.run_script(  # what the example's __main__ does
+        lambda: example.main(
+            [
+                "--distributed",
+                "--dist-timeout",
+                "120",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "50",
+                "--z-dim",
+                "2",
+                "--hidden-dims",
+                "32",
+                "--eval-samples",
+                "5",
+                "--no-progress",
+                "--out",
+                sys.argv[1],
+            ]
+        )
     )
-    pvd.exit_process()  # what the example's __main__ does

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,7 @@ from ..training.distributed import (
     DEFAULT_TIMEOUT,
     DistributedError,
     exit_process,
+    group_threads_marked,
     init_distributed,
     shutdown_distributed,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "exit_on_errors",
     "distributed_session",
     "exit_process",
+    "run_script",
 ]
 
 
@@ -533,3 +536,29 @@ def distributed_session(
         finished = True
     finally:
         shutdown_distributed(barrier=finished)
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """A script's ``if __name__ == "__main__":`` body: ``main()``, then :func:`exit_process` with
+    the exit status it ends with, after a success or an error alike (an error's message or
+    traceback printed first), so that a ``--distributed`` run never reaches the interpreter
+    shutdown where gloo's leftover threads can abort it. Without a process group, ``main()``'s
+    exceptions propagate unchanged."""
+    try:
+        main()
+    except SystemExit as e:
+        if not group_threads_marked():
+            raise
+        code = e.code
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
+        exit_process(code)
+    except BaseException as e:
+        if not group_threads_marked():
+            raise
+        traceback.print_exc()
+        exit_process(130 if isinstance(e, KeyboardInterrupt) else 1)
+    exit_process(0)

@@ -36,7 +36,8 @@ How the pieces fit (see :func:`pyro_vae.train` with ``distributed=True``):
   watchdog tears the process down on errors and timeouts (``TORCH_NCCL_ASYNC_ERROR_HANDLING``,
   default 3 in recent torch). A non-finite loss on any rank is seen by all ranks at the same step
   (the loss is all-reduced at each check), so they all raise :class:`~pyro_vae.TrainingDiverged`.
-* Exit: a script ends with :func:`exit_process`. ``DistributedDataParallel`` keeps the gloo
+* Exit: a script ends with :func:`exit_process` (or runs its ``main`` under
+  :func:`pyro_vae.experiments.cli.run_script`). ``DistributedDataParallel`` keeps the gloo
   process group, and its worker threads, alive after ``destroy_process_group``; a worker that
   frees a tensor while the interpreter shuts down aborts the process (``terminate called without
   an active exception``, SIGABRT; about one run in twenty of ``tests/test_distributed.py`` on a
@@ -49,6 +50,7 @@ import atexit
 import inspect
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -68,6 +70,8 @@ __all__ = [
     "init_distributed",
     "get_context",
     "shutdown_distributed",
+    "mark_group_threads",
+    "group_threads_marked",
     "exit_process",
     "rank_seed",
     "shard",
@@ -127,7 +131,7 @@ def get_context() -> DistributedContext:
 
 # The timeout given to init_distributed, for error messages (the process group hides it).
 _CURRENT_TIMEOUT: dict[str, float] = {}
-# Whether this process ever created a process group (its threads may outlive it: exit_process).
+# [True] once this process created a process group or DDP (their threads may outlive the group).
 _JOINED: list[bool] = []
 
 
@@ -188,7 +192,7 @@ def init_distributed(
             world_size=world,
             **kwargs,
         )
-        _JOINED.append(True)
+        mark_group_threads()
     _CURRENT_TIMEOUT["seconds"] = float(timeout)
     return get_context()
 
@@ -211,21 +215,37 @@ def shutdown_distributed(barrier: bool = False) -> None:
     _CURRENT_TIMEOUT.clear()
 
 
+def mark_group_threads() -> None:
+    """Record that this process's gloo/NCCL threads may outlive its process group (called where
+    the group is created and where DDP wraps a model): :func:`exit_process` then ends it."""
+    _JOINED[:] = [True]
+
+
+def group_threads_marked() -> bool:
+    """Whether :func:`mark_group_threads` ran in this process."""
+    return bool(_JOINED)
+
+
 def exit_process(code: int = 0) -> None:
-    """End a script: returns at once unless this process created a process group
-    (:func:`init_distributed`); then runs the ``atexit`` handlers, flushes stdout and stderr and
-    ends the process with ``os._exit(code)``, skipping the interpreter's shutdown.
+    """End a script: returns at once unless this process created a process group or built DDP
+    (:func:`mark_group_threads`); then waits for its non-daemon threads, runs the ``atexit``
+    handlers, flushes stdout and stderr and ends the process with ``os._exit(code)``, skipping
+    the interpreter's shutdown. Files the script left open lose what they still buffer: close
+    them first (the library's writers are atomic and closed when they return).
 
     Why: ``DistributedDataParallel``'s reducer keeps the gloo process group and its worker
     threads alive after ``destroy_process_group`` (torch 2.13). When a worker frees a tensor
     that Python once held (a finished collective's) while the interpreter shuts down, it needs
     the GIL, the shutting-down interpreter ends the thread instead, and the unwinding through a
     C++ destructor aborts the process: SIGABRT after a run that wrote all its results, which
-    torchrun reports as a failure. Call it after :func:`shutdown_distributed` (every file is
-    closed by then), as the last statement of a script, not from library code.
+    torchrun reports as a failure. Call it as the last statement of a script (or use
+    :func:`pyro_vae.experiments.cli.run_script`), not from library code.
     """
     if not _JOINED:
         return
+    # The interpreter's own order: non-daemon threads first (threading._shutdown also runs the
+    # hooks concurrent.futures registers there), then atexit. Both are private CPython APIs.
+    threading._shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

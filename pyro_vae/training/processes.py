@@ -21,7 +21,14 @@ from .._device import fork_rng, resolve_device
 from ..data.binarization import draw_bernoulli
 from ..infer.evaluate import evaluate
 from .checkpoint import CheckpointError, load_checkpoint, set_rng_state
-from .distributed import DistributedError, evaluate_distributed, get_context, rank_seed, shard
+from .distributed import (
+    DistributedError,
+    evaluate_distributed,
+    get_context,
+    mark_group_threads,
+    rank_seed,
+    shard,
+)
 from .errors import TrainingDiverged
 
 __all__ = ["SingleProcess", "DataParallel", "Step"]
@@ -110,6 +117,7 @@ class DataParallel(SingleProcess):
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=bool(flag.item()),
         )
+        mark_group_threads()  # DDP keeps the group's threads alive past destroy_process_group
         return super().make_step(module, x_probe, binarize)
 
     def seed_epoch(self, seed: int, epoch: int) -> None:
