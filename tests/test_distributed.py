@@ -325,6 +325,10 @@ import atexit, sys, torch
 from pyro_vae.experiments import cli
 from pyro_vae.training import distributed as pvd
 atexit.register(lambda: sys.stdout.write("atexit ran\\n"))  # no flush: exit_process's job
+class ShutDown:  # a module global: its __del__ runs only in the interpreter's shutdown
+    def __del__(self):
+        sys.stdout.write(" | shut down")
+shut_down = ShutDown()
 if sys.argv[1] == "group":
     pvd.init_distributed("cpu", timeout=30)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1))
@@ -364,18 +368,21 @@ def test_exit_process_skips_the_shutdown_only_after_a_process_group():
     assert proc.stderr == "unflushed error"
     proc = _run_exit_script("none", "code")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "unflushed output | after exit_process\n | after run_script\natexit ran\n"
+    expected = "unflushed output | after exit_process\n | after run_script\n"
+    expected += "atexit ran\n | shut down"
+    assert proc.stdout == expected
 
 
 @pytest.mark.parametrize("group", ["group", "none"])
 def test_run_script_ends_an_error_with_its_status_and_message(group):
     # Under a group the error path must skip the shutdown too, keeping Python's exit status and
     # traceback; without one, run_script changes nothing.
+    output = "unflushed outputatexit ran\n" + ("" if group == "group" else " | shut down")
     proc = _run_exit_script(group, "raise")
-    assert proc.returncode == 1 and proc.stdout == "unflushed outputatexit ran\n"
+    assert proc.returncode == 1 and proc.stdout == output
     assert "ValueError: bad input" in proc.stderr and "Traceback" in proc.stderr
     proc = _run_exit_script(group, "exit")
-    assert proc.returncode == 3 and proc.stdout == "unflushed outputatexit ran\n"
+    assert proc.returncode == 3 and proc.stdout == output
 
 
 # -- end to end: torchrun + examples/mnist_svi.py --distributed --------------------------------

@@ -57,7 +57,6 @@ __all__ = [
     "ERRORS",
     "exit_on_errors",
     "distributed_session",
-    "exit_process",
     "run_script",
 ]
 
@@ -546,19 +545,19 @@ def run_script(main: Callable[[], Any]) -> None:
     exceptions propagate unchanged."""
     try:
         main()
-    except SystemExit as e:
-        if not group_threads_marked():
-            raise
-        code = e.code
-        if code is None:
-            code = 0
-        elif not isinstance(code, int):
-            print(code, file=sys.stderr)
-            code = 1
-        exit_process(code)
     except BaseException as e:
         if not group_threads_marked():
             raise
-        traceback.print_exc()
-        exit_process(130 if isinstance(e, KeyboardInterrupt) else 1)
+        exit_process(_exit_status(e))
     exit_process(0)
+
+
+def _exit_status(e: BaseException) -> int:
+    """The status Python's own shutdown gives for ``e``, its message or traceback printed."""
+    if isinstance(e, SystemExit):
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    traceback.print_exception(e)
+    return 130 if isinstance(e, KeyboardInterrupt) else 1

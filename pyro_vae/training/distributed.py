@@ -241,7 +241,7 @@ def exit_process(code: int = 0) -> None:
     torchrun reports as a failure. Call it as the last statement of a script (or use
     :func:`pyro_vae.experiments.cli.run_script`), not from library code.
     """
-    if not _JOINED:
+    if not group_threads_marked():
         return
     # The interpreter's own order: non-daemon threads first (threading._shutdown also runs the
     # hooks concurrent.futures registers there), then atexit. Both are private CPython APIs.
