@@ -69,3 +69,14 @@ def test_parts_benchmark_smoke_mode():
     assert "softplus under autograd" in out
     assert out.count("| library, eager path |") == 2
     assert out.count("| library, compiled kernel |") == 2
+
+
+@pytest.mark.slow
+def test_gemm_floor_smoke_mode():
+    """The rates (aten, and oneDNN where torch has it: the script checks its products against
+    aten's), the floors of target 2 and of the K = 5 step, and the in-step A/B."""
+    out = _smoke("gemm_floor.py")
+    assert out.count("| aten |") == 4 and "s of matrix products alone" in out
+    if "oneDNN's linear op: available" in out:
+        assert out.count("| oneDNN |") == 4
+        assert "| stock, Linear layers through oneDNN |" in out
