@@ -1,7 +1,7 @@
 """This machine's float32 matrix-product rate, and the floors it puts under issue 13's targets.
 
-    python benchmarks/gemm_floor.py            # the rates, the floors, the in-step A/B (~2 min)
-    python benchmarks/gemm_floor.py --no-step  # the rates and the floors only (~40 s)
+    python benchmarks/gemm_floor.py            # the rates, the floors, the in-step A/B (~50 s)
+    python benchmarks/gemm_floor.py --no-step  # the rates and the floors only (~25 s)
     python benchmarks/gemm_floor.py --smoke    # tiny sizes, seconds (CI)
 
 Most of a K = 5 training step and of the K-sample evaluation is the decoder's last layer,
@@ -16,13 +16,18 @@ those products in float32 can reach, library or hand-written:
   result is checked against aten's). Interleaved rounds, medians.
 * ``floors``: the whole test set at K = 5000 (10,000 x 5000 samples, each the decoder's two
   layers' forward, 2 * (20 * 400 + 400 * 784) FLOP) at each implementation's rate for the
-  tile: the seconds of the products alone, against target 2's 300 s; and the K = 5 step's
-  three products of the last layer in milliseconds.
+  tile: the seconds of the products alone, against target 2's 300 s (the small 20 -> 400
+  layer, 2.5% of the FLOP, is counted at the large layer's rate, which it does not beat: a
+  lower bound); and the K = 5 step's three products of the last layer in milliseconds.
 * ``step`` (not with ``--no-step``): the library's training step (iwae, K = 5, batch 128, as
   ``bench_train.py`` builds it) against the same step with its ``nn.Linear`` layers routed
   through oneDNN (forward and input gradient; the weight gradient stays in aten, where oneDNN's
   transposed operands were slower), interleaved in one process, and the plain hand-written
-  loop for scale. This measures a change that the library does not make (RESULTS.md says why).
+  loop for scale. The layer is first checked against ``nn.Linear`` (output and gradients).
+  This measures a change that the library does not make (RESULTS.md says why). Unlike
+  ``bench_train.py`` every candidate here shares one process, in which train()'s allocator
+  setting holds for the plain loop too: read ``stock / this``, not ``plain / this``, against
+  target 1.
 
 CPU time on one thread by default (``--clock wall --threads 2`` for what a user sees).
 """
@@ -30,7 +35,10 @@ CPU time on one thread by default (``--clock wall --threads 2`` for what a user 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -56,8 +64,9 @@ TEST_SAMPLES, TARGET_2_S = 10_000 * 5000, 300.0
 
 
 def onednn_linear():
-    """``torch.ops.mkldnn._linear_pointwise`` as ``f(x, w, b) = x @ w.T + b``, or None where
-    this torch has no oneDNN or the op is missing or disagrees with aten on a probe."""
+    """``torch.ops.mkldnn._linear_pointwise`` as ``f(x, w, b=None) = x @ w.T + b``, or None
+    where this torch has no oneDNN, lacks the op, or the op fails or disagrees with aten on a
+    probe of each layout used here (contiguous, a transposed weight, both operands transposed)."""
     if not torch.backends.mkldnn.is_available():
         return None
     op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
@@ -67,9 +76,15 @@ def onednn_linear():
     def f(x, w, b=None):
         return op(x, w, b, "none", [], "")
 
+    g = torch.Generator().manual_seed(0)
+    x, w, b, y = (torch.randn(*s, generator=g) for s in ((8, 16), (4, 16), (4,), (8, 4)))
+    probes = [
+        (lambda: f(x, w, b), torch.addmm(b, x, w.t())),  # forward
+        (lambda: f(y, w.t()), y.mm(w)),  # input gradient
+        (lambda: f(y.t(), x.t()), y.t().mm(x)),  # weight gradient
+    ]
     try:
-        x, w, b = torch.randn(8, 16), torch.randn(4, 16), torch.randn(4)
-        ok = torch.allclose(f(x, w, b), torch.addmm(b, x, w.t()), rtol=1e-5, atol=1e-5)
+        ok = all(torch.allclose(got(), want, rtol=1e-5, atol=1e-5) for got, want in probes)
     except RuntimeError:
         return None
     return f if ok else None
@@ -145,37 +160,72 @@ def floors(args, rates: dict[tuple[str, str], float]) -> list[str]:
                 f"matrix products alone**, {side} target 2's {TARGET_2_S:.0f} s before any other "
                 f"work."
             )
-    for impl in dict.fromkeys(i for _, i in rates):
-        step = [r for (k, i), r in rates.items() if i == impl and k.startswith("step")]
-        ms = sum(2e-6 * args.step_rows * args.hidden * args.pixels / r for r in step)
+    flop_ms = 2e-6 * args.step_rows * args.hidden * args.pixels  # ms at 1 GFLOP/s
+    step = {(k.rsplit("/", 1)[1], i): r for (k, i), r in rates.items() if k.startswith("step")}
+    mixes = {impl: {p: impl for p, i in step if i == impl} for _, impl in step}
+    if ("fwd", "oneDNN") in step:  # what the step's A/B runs
+        mixes["oneDNN for the forward and input gradient, aten for the weight gradient"] = {
+            "fwd": "oneDNN",
+            "dx": "oneDNN",
+            "dw": "aten",
+        }
+    for label, mix in mixes.items():
+        ms = sum(flop_ms / step[p, i] for p, i in mix.items())
         lines.append(
             f"- The K = 5 step's last-layer products (forward, input and weight gradients) "
-            f"through {impl}: **{ms:.2f} ms** a step."
+            f"through {label}: **{ms:.2f} ms** a step."
         )
     return lines
 
 
-class _OneDNNLinearFn(torch.autograd.Function):
-    lin = None
+def onednn_linear_layer(lin):
+    """A subclass of ``nn.Linear`` whose forward and input gradient run through ``lin`` (from
+    :func:`onednn_linear`); the weight gradient stays in aten. ``x [..., in] -> [..., out]``."""
 
-    @staticmethod
-    def forward(ctx, x, w, b):
-        ctx.save_for_backward(x, w)
-        return _OneDNNLinearFn.lin(x, w, b)
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w, b):  # x [N, in], w [out, in], b [out] or None
+            ctx.save_for_backward(x, w)
+            ctx.has_bias = b is not None
+            return lin(x, w, b)
 
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        gx = _OneDNNLinearFn.lin(g, w.t()) if ctx.needs_input_grad[0] else None
-        return gx, g.t().mm(x), g.sum(0)
+        @staticmethod
+        def backward(ctx, g):  # g [N, out]
+            x, w = ctx.saved_tensors
+            need_x, need_w, need_b = ctx.needs_input_grad
+            return (
+                lin(g, w.t()) if need_x else None,
+                g.t().mm(x) if need_w else None,
+                g.sum(0) if need_b and ctx.has_bias else None,
+            )
+
+    class OneDNNLinear(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            flat = x.reshape(-1, x.shape[-1])
+            return Fn.apply(flat, self.weight, self.bias).reshape(*x.shape[:-1], -1)
+
+    return OneDNNLinear
 
 
-class OneDNNLinear(nn.Linear):
-    """``nn.Linear`` whose forward and input gradient run through oneDNN (the A/B's variant)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        return _OneDNNLinearFn.apply(flat, self.weight, self.bias).reshape(*x.shape[:-1], -1)
+def check_layer(layer_cls) -> None:
+    """The oneDNN layer gives nn.Linear's output and gradients (float32 rounding), on a 3-D
+    input, with and without a bias; raises AssertionError otherwise."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 16, generator=g)
+    for bias in (True, False):
+        ref = nn.Linear(16, 8, bias=bias)
+        new = layer_cls(16, 8, bias=bias)
+        new.load_state_dict(ref.state_dict())
+        outs, grads = [], []
+        for m in (ref, new):
+            xi = x.clone().requires_grad_()
+            y = m(xi)
+            (y * torch.arange(8.0)).sum().backward()
+            outs.append(y.detach())
+            grads.append([xi.grad, *(p.grad for p in m.parameters())])
+        assert torch.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5), "oneDNN layer's output"
+        for a, b in zip(grads[0], grads[1], strict=True):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), "oneDNN layer's gradient"
 
 
 def bench_step(args, lin) -> list[list[str]]:
@@ -186,7 +236,8 @@ def bench_step(args, lin) -> list[list[str]]:
     from pyro_vae._malloc import retain_freed_memory
 
     retain_freed_memory()  # as train() does; the plain reference, in this process, gets it too
-    _OneDNNLinearFn.lin = lin
+    layer_cls = onednn_linear_layer(lin)
+    check_layer(layer_cls)
     x_train, _ = load_images(args.smoke, args.device)
     cfg = dict(x_dim=args.pixels, z_dim=args.z_dim, hidden_dims=(args.hidden,))
     torch.manual_seed(0)
@@ -203,7 +254,7 @@ def bench_step(args, lin) -> list[list[str]]:
         if label != "stock":
             for m in vae.modules():
                 if type(m) is nn.Linear:
-                    m.__class__ = OneDNNLinear
+                    m.__class__ = layer_cls
         cands[label] = bt.Trainer(vae.parameters(), step, x_train, args.batch)
     for c in cands.values():
         for _ in range(3):
@@ -221,11 +272,20 @@ def bench_step(args, lin) -> list[list[str]]:
     ]
 
 
-def main(argv=None) -> None:
+def gemm_libraries() -> str:
+    """The MKL and oneDNN versions torch was built with, from ``torch.__config__.show()``."""
+    found = re.findall(
+        r"(Math Kernel Library Version [\w.-]+|MKL-DNN v[\w.]+)", torch.__config__.show()
+    )
+    return "; ".join(found) or "no MKL or oneDNN named in torch.__config__.show()"
+
+
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 2 rounds (CI)")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--no-step", action="store_true", help="skip the in-step A/B")
+    p.add_argument("--json", type=Path, default=None, help="write the tables' rows here")
     add_timing_args(p)
     args = p.parse_args(argv)
     args.device = pyro_vae.resolve_device("cpu")
@@ -234,19 +294,29 @@ def main(argv=None) -> None:
     args.hidden, args.z_dim = (32, 8) if args.smoke else (400, 20)
     args.batch = 16 if args.smoke else 128
     args.step_rows = 5 * args.batch
-    args.tile_rows = CPU_TILE_ELEMENTS // 784
+    args.tile_rows = CPU_TILE_ELEMENTS // args.pixels
     args.rounds = args.rounds or (2 if args.smoke else 9)
     args.block_s = 0.01 if args.smoke else 0.3
+    start = time.perf_counter()
     lin = onednn_linear()
     print(f"# The float32 matrix products' rate on this machine\n\n{environment(args.device)}\n")
-    print(f"oneDNN's linear op: {'available' if lin else 'not available: aten rows only'}\n")
+    print(
+        f"{gemm_libraries()}; oneDNN's linear op: "
+        f"{'available' if lin else 'not available: aten rows only'}\n"
+    )
     rows, rates = bench_rates(args, lin)
     header = ["shape", "product", "implementation", "ms (median)", "GFLOP/s", "aten / this"]
     print("## Rates\n\n" + markdown_table(header, rows) + "\n")
-    print("## Floors\n\n" + "\n".join(floors(args, rates)) + "\n")
+    out = {"rates": rows, "floors": floors(args, rates), "step": []}
+    print("## Floors\n\n" + "\n".join(out["floors"]) + "\n")
     if not args.no_step and lin is not None:
+        out["step"] = bench_step(args, lin)
         header = ["iwae K = 5 step", "ms (median)", "plain / this", "stock / this"]
-        print("## The step, in one process\n\n" + markdown_table(header, bench_step(args, lin)))
+        print("## The step, in one process\n\n" + markdown_table(header, out["step"]) + "\n")
+    print(f"total benchmark time: {time.perf_counter() - start:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":

@@ -73,10 +73,12 @@ def test_parts_benchmark_smoke_mode():
 
 @pytest.mark.slow
 def test_gemm_floor_smoke_mode():
-    """The rates (aten, and oneDNN where torch has it: the script checks its products against
-    aten's), the floors of target 2 and of the K = 5 step, and the in-step A/B."""
+    """The rates (aten, and oneDNN where torch has it), the floors of target 2 and of the K = 5
+    step, and the in-step A/B. The script itself asserts that oneDNN's products equal aten's and
+    that its oneDNN layer gives nn.Linear's output and gradients."""
     out = _smoke("gemm_floor.py")
     assert out.count("| aten |") == 4 and "s of matrix products alone" in out
     if "oneDNN's linear op: available" in out:
         assert out.count("| oneDNN |") == 4
+        assert "aten for the weight gradient: **" in out
         assert "| stock, Linear layers through oneDNN |" in out
