@@ -63,6 +63,17 @@ from pyro_vae.infer.batching import CPU_TILE_ELEMENTS  # noqa: E402
 TEST_SAMPLES, TARGET_2_S = 10_000 * 5000, 300.0
 
 
+#: a linear layer's three products, ``y = x @ w.T + b`` (``x [N, in]``, ``w [out, in]``) and, with
+#: ``g [N, out]`` the gradient in y, those in x and w: each as aten computes it and through the
+#: oneDNN op ``lin`` (from :func:`onednn_linear`). The probe, the rates and the A/B's layer use
+#: these, so the layouts measured are the layouts checked and run.
+PRODUCTS = {
+    "fwd": (lambda x, w, b, g: torch.addmm(b, x, w.t()), lambda lin, x, w, b, g: lin(x, w, b)),
+    "dx": (lambda x, w, b, g: g.mm(w), lambda lin, x, w, b, g: lin(g, w.t())),
+    "dw": (lambda x, w, b, g: g.t().mm(x), lambda lin, x, w, b, g: lin(g.t(), x.t())),
+}
+
+
 def onednn_linear():
     """``torch.ops.mkldnn._linear_pointwise`` as ``f(x, w, b=None) = x @ w.T + b``, or None
     where this torch has no oneDNN, lacks the op, or the op fails or disagrees with aten on a
@@ -76,50 +87,37 @@ def onednn_linear():
     def f(x, w, b=None):
         return op(x, w, b, "none", [], "")
 
-    g = torch.Generator().manual_seed(0)
-    x, w, b, y = (torch.randn(*s, generator=g) for s in ((8, 16), (4, 16), (4,), (8, 4)))
-    probes = [
-        (lambda: f(x, w, b), torch.addmm(b, x, w.t())),  # forward
-        (lambda: f(y, w.t()), y.mm(w)),  # input gradient
-        (lambda: f(y.t(), x.t()), y.t().mm(x)),  # weight gradient
-    ]
+    gen = torch.Generator().manual_seed(0)
+    args = [torch.randn(*s, generator=gen) for s in ((8, 16), (4, 16), (4,), (8, 4))]
     try:
-        ok = all(torch.allclose(got(), want, rtol=1e-5, atol=1e-5) for got, want in probes)
+        ok = all(
+            torch.allclose(onednn(f, *args), aten(*args), rtol=1e-5, atol=1e-5)
+            for aten, onednn in PRODUCTS.values()
+        )
     except RuntimeError:
         return None
     return f if ok else None
 
 
-def _gflops(flop: float, seconds: list[float]) -> str:
-    return f"{flop / quartiles(seconds)[1] / 1e9:.1f}"
-
-
-def bench_rates(args, lin) -> tuple[list[list[str]], dict[tuple[str, str], float]]:
-    """Rows of the rates table, and the median rates ``{(shape/product, implementation):
-    GFLOP/s}``."""
-    g0 = torch.Generator().manual_seed(0)
+def bench_rates(args, lin) -> tuple[list[list[str]], dict[tuple[str, str, str], float]]:
+    """Rows of the rates table, and the median rates ``{(shape, product, implementation):
+    GFLOP/s}``, ``shape`` being "step" or "tile"."""
+    gen = torch.Generator().manual_seed(0)
     hid, out = args.hidden, args.pixels
-    w, b = torch.randn(out, hid, generator=g0), torch.randn(out, generator=g0)
-    shapes = {  # label -> (rows, which products)
-        f"step, K = 5: [{args.step_rows}, {hid}] -> {out}": (args.step_rows, ("fwd", "dx", "dw")),
-        f"evaluation tile: [{args.tile_rows}, {hid}] -> {out}": (args.tile_rows, ("fwd",)),
+    w, b = torch.randn(out, hid, generator=gen), torch.randn(out, generator=gen)
+    shapes = {  # shape -> (its label, rows, which products)
+        "step": (f"step, K = 5: [{args.step_rows}, {hid}] -> {out}", args.step_rows, PRODUCTS),
+        "tile": (f"evaluation tile: [{args.tile_rows}, {hid}] -> {out}", args.tile_rows, ["fwd"]),
     }
     rows, rates = [], {}
-    for label, (n, products) in shapes.items():
-        h, g = torch.randn(n, hid, generator=g0), torch.randn(n, out, generator=g0)
+    for shape, (label, n, products) in shapes.items():
+        x, g = torch.randn(n, hid, generator=gen), torch.randn(n, out, generator=gen)
         flop = 2.0 * n * hid * out
         for product in products:
-            cands = {
-                "fwd": {"aten": lambda h=h: torch.addmm(b, h, w.t())},
-                "dx": {"aten": lambda g=g: g.mm(w)},
-                "dw": {"aten": lambda g=g, h=h: g.t().mm(h)},
-            }[product]
+            aten, onednn = PRODUCTS[product]
+            cands = {"aten": lambda aten=aten, x=x, g=g: aten(x, w, b, g)}
             if lin is not None:
-                cands["oneDNN"] = {
-                    "fwd": lambda h=h: lin(h, w, b),
-                    "dx": lambda g=g: lin(g, w.t()),
-                    "dw": lambda g=g, h=h: lin(g.t(), h.t()),
-                }[product]
+                cands["oneDNN"] = lambda onednn=onednn, x=x, g=g: onednn(lin, x, w, b, g)
                 got, want = cands["oneDNN"](), cands["aten"]()
                 err = (got - want).abs().max().item() / want.abs().max().item()
                 if err > 1e-5:
@@ -127,31 +125,21 @@ def bench_rates(args, lin) -> tuple[list[list[str]], dict[tuple[str, str], float
             reps = {k: calibrate(f, args.device, args.block_s) for k, f in cands.items()}
             times = interleaved(cands, args.rounds, args.device, reps)
             for impl, ts in times.items():
-                ratio = (
-                    "1"
-                    if impl == "aten"
-                    else fmt_ratio([a / t for a, t in zip(times["aten"], ts, strict=True)])
-                )
-                rows.append(
-                    [
-                        label,
-                        product,
-                        impl,
-                        f"{quartiles(ts)[1] * 1e3:.3f}",
-                        _gflops(flop, ts),
-                        ratio,
-                    ]
-                )
-                rates[f"{label}/{product}", impl] = flop / quartiles(ts)[1] / 1e9
+                paired = [a / t for a, t in zip(times["aten"], ts, strict=True)]
+                rate = flop / quartiles(ts)[1] / 1e9
+                rates[shape, product, impl] = rate
+                ms = f"{quartiles(ts)[1] * 1e3:.3f}"
+                ratio = "1" if impl == "aten" else fmt_ratio(paired)
+                rows.append([label, product, impl, ms, f"{rate:.1f}", ratio])
     return rows, rates
 
 
-def floors(args, rates: dict[tuple[str, str], float]) -> list[str]:
-    """The floors' lines, from the median rates ``{(shape/product, implementation): GFLOP/s}``."""
+def floors(args, rates: dict[tuple[str, str, str], float]) -> list[str]:
+    """The floors' lines, from :func:`bench_rates`' median rates."""
     flop_sample = 2.0 * (args.z_dim * args.hidden + args.hidden * args.pixels)
     lines = []
-    for (key, impl), rate in rates.items():
-        if key.startswith("evaluation tile"):
+    for (shape, _, impl), rate in rates.items():
+        if shape == "tile":
             seconds = TEST_SAMPLES * flop_sample / (rate * 1e9)
             side = "within" if seconds <= TARGET_2_S else "over"
             lines.append(
@@ -161,16 +149,16 @@ def floors(args, rates: dict[tuple[str, str], float]) -> list[str]:
                 f"work."
             )
     flop_ms = 2e-6 * args.step_rows * args.hidden * args.pixels  # ms at 1 GFLOP/s
-    step = {(k.rsplit("/", 1)[1], i): r for (k, i), r in rates.items() if k.startswith("step")}
-    mixes = {impl: {p: impl for p, i in step if i == impl} for _, impl in step}
-    if ("fwd", "oneDNN") in step:  # what the step's A/B runs
+    impls = sorted({impl for _, _, impl in rates})
+    mixes = {impl: dict.fromkeys(PRODUCTS, impl) for impl in impls}
+    if "oneDNN" in impls:  # what the step's A/B runs
         mixes["oneDNN for the forward and input gradient, aten for the weight gradient"] = {
             "fwd": "oneDNN",
             "dx": "oneDNN",
             "dw": "aten",
         }
     for label, mix in mixes.items():
-        ms = sum(flop_ms / step[p, i] for p, i in mix.items())
+        ms = sum(flop_ms / rates["step", p, i] for p, i in mix.items())
         lines.append(
             f"- The K = 5 step's last-layer products (forward, input and weight gradients) "
             f"through {label}: **{ms:.2f} ms** a step."
@@ -187,15 +175,15 @@ def onednn_linear_layer(lin):
         def forward(ctx, x, w, b):  # x [N, in], w [out, in], b [out] or None
             ctx.save_for_backward(x, w)
             ctx.has_bias = b is not None
-            return lin(x, w, b)
+            return PRODUCTS["fwd"][1](lin, x, w, b, None)
 
         @staticmethod
         def backward(ctx, g):  # g [N, out]
             x, w = ctx.saved_tensors
             need_x, need_w, need_b = ctx.needs_input_grad
             return (
-                lin(g, w.t()) if need_x else None,
-                g.t().mm(x) if need_w else None,
+                PRODUCTS["dx"][1](lin, x, w, None, g) if need_x else None,
+                PRODUCTS["dw"][0](x, w, None, g) if need_w else None,
                 g.sum(0) if need_b and ctx.has_bias else None,
             )
 
