@@ -44,6 +44,7 @@ from _common import (  # noqa: E402
 import pyro_vae  # noqa: E402
 from pyro_vae import VAE, log_likelihood  # noqa: E402
 from pyro_vae.infer.evaluate import CPU_TILE_ELEMENTS, MIN_CHUNK  # noqa: E402
+from pyro_vae.model import _bernoulli_kernel as bernoulli_kernel  # noqa: E402
 
 #: whole batches of the full run's batch size that the whole-test-set probe evaluates
 FULL_PROBE_BATCHES = 2
@@ -81,10 +82,20 @@ def binarized_test(smoke, device):
     return torch.bernoulli(test_x, generator=g)
 
 
+#: ``stock`` with the Bernoulli likelihood's value kernel compiled from the first tile on, or
+#: kept eager (pyro_vae/model/_bernoulli_kernel.py): an evaluation switches to the kernel once a
+#: tile shape has run VALUE_COMPILE_AFTER logits, which a measurement here may not reach
+VALUE_VARIANTS = {
+    "stock, compiled value": dict(enabled=True, value_compile_after=0),
+    "stock, eager value": dict(enabled=False),
+}
+
+
 def candidates(vae, ref, x, k, variants):
     """Callables over the same data: the hand-written references (REFERENCE_SHAPES), ``stock``
-    (``log_likelihood`` with its defaults: the VAE's own tiles, the encoder once per batch) and
-    ``program`` (``fast_path=False``: the Pyro program on every tile, the same shapes)."""
+    (``log_likelihood`` with its defaults: the VAE's own tiles, the encoder once per batch),
+    ``program`` (``fast_path=False``: the Pyro program on every tile, the same shapes) and
+    VALUE_VARIANTS."""
     d = x[0].numel()
     batch, chunk = library_shapes(len(x), d, k)
     out = {}
@@ -95,6 +106,14 @@ def candidates(vae, ref, x, k, variants):
         out["stock"] = lambda: log_likelihood(vae.model, vae.guide, x, k)
     if "program" in variants:
         out["program"] = lambda: log_likelihood(vae.model, vae.guide, x, k, fast_path=False)
+    for name, settings in VALUE_VARIANTS.items():
+        if name in variants:
+
+            def run(settings=settings):
+                with bernoulli_kernel.settings(**settings):
+                    return log_likelihood(vae.model, vae.guide, x, k)
+
+            out[name] = run
     return out, (batch, chunk)
 
 
@@ -319,7 +338,7 @@ def main(argv=None):
         "--variants",
         nargs="+",
         default=None,
-        choices=["stock", "program", "reference, 3 MB tiles"],
+        choices=["stock", "program", "reference, 3 MB tiles", *VALUE_VARIANTS],
     )
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--full-k", type=int, default=5000)
@@ -355,7 +374,9 @@ def main(argv=None):
     args.full_rounds = (1 if smoke else 2) if args.full_rounds is None else args.full_rounds
     args.warmup = not smoke
     args.variants = args.variants or (
-        ["stock", "program"] if smoke else ["stock", "program", "reference, 3 MB tiles"]
+        ["stock", "program", *VALUE_VARIANTS]
+        if smoke
+        else ["stock", "program", "reference, 3 MB tiles", "stock, compiled value"]
     )
     if smoke:
         args.full_k, args.full_probe_k = 100, None

@@ -1,6 +1,6 @@
 """Pieces of a training step, each against what a hand-written loop uses, interleaved.
 
-    python benchmarks/bench_parts.py           # 784-pixel batches of 128, K = 1 and 5 (about 30 s)
+    python benchmarks/bench_parts.py           # 784-pixel batches of 128, K = 1 and 5 (about 40 s)
     python benchmarks/bench_parts.py --smoke   # tiny sizes, seconds (CI)
 
 * ``draw``: dynamic binarization of a ``[128, 784]`` batch: ``torch.bernoulli(p)`` (what
@@ -19,6 +19,12 @@
   ``COMPILE_MIN_LOGITS`` logits on: K = 5 here, not K = 1), with its eager path and with its
   compiled kernel at any size (``pyro_vae/model/_bernoulli_kernel.py``). Each row checks that
   its gradient equals the cross-entropy's.
+* ``value``: the same log-likelihood without a gradient on one tile of the K-sample evaluation
+  (``[133, 10, 784]``, the tile ``pv.log_likelihood`` chooses for the test set at K = 5000 on
+  a CPU; ``[128, 128, 64]``, 2^20 logits, with ``--smoke``): the cross-entropy against the
+  library's eager path (``-softplus((1 - 2x) * logit).sum(-1)``) and its compiled value kernel
+  (which an evaluation switches to once a tile shape has run ``VALUE_COMPILE_AFTER`` logits).
+  Each row checks that its value equals the cross-entropy's.
 
 Times are per call (median of interleaved rounds; CPU time on one thread by default), and the
 ratio column is the reference's time over the row's, median [q1, q3] of the rounds (> 1: faster
@@ -51,6 +57,7 @@ from _common import (  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae.data.binarization import draw_bernoulli  # noqa: E402
+from pyro_vae.infer.evaluate import _sizes as tile_sizes  # noqa: E402
 from pyro_vae.model import _bernoulli_kernel as bernoulli_kernel  # noqa: E402
 from pyro_vae.model.likelihoods import BernoulliLikelihood  # noqa: E402
 
@@ -146,6 +153,42 @@ def bench_likelihood(args, device, k: int) -> list[list[str]]:
     return _rows(times, f"likelihood forward + backward, K = {k}")
 
 
+def bench_value(args, device) -> list[list[str]]:
+    torch.manual_seed(0)
+    # the tile that pv.log_likelihood chooses for MNIST's test set at K = 5000 on a CPU
+    batch, k = tile_sizes(torch.empty(10_000, args.pixels), 5000, None, None, None)
+    logits = 4 * torch.randn(k, batch, args.pixels, device=device)
+    x = (torch.rand(batch, args.pixels, device=device) < 0.13).float()
+    like = BernoulliLikelihood(args.pixels)
+
+    def cross_entropy():
+        return -F.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none"
+        ).sum(-1)
+
+    def library(**settings):
+        def run():
+            with bernoulli_kernel.settings(**settings):
+                return like.log_prob(logits, x)
+
+        return run
+
+    cands = {
+        "reference": cross_entropy,
+        "library, eager path": library(enabled=False),
+        "library, compiled value kernel": library(
+            enabled=True, min_logits=0, value_compile_after=0
+        ),
+    }
+    with torch.no_grad():
+        expected = cross_entropy()
+        for name, fn in cands.items():
+            torch.testing.assert_close(fn(), expected, rtol=1e-5, atol=1e-3, msg=name)
+        reps = {n: calibrate(f, device, args.block_s) for n, f in cands.items()}
+        times = interleaved(cands, args.rounds, device, reps)
+    return _rows(times, f"log-likelihood value, evaluation tile [{k}, {batch}, {args.pixels}]")
+
+
 def main(argv=None) -> list[list[str]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
@@ -163,6 +206,7 @@ def main(argv=None) -> list[list[str]]:
     rows = bench_draw(args, device) + bench_batch(args, device)
     for k in (1, 5):
         rows += bench_likelihood(args, device, k)
+    rows += bench_value(args, device)
     header = ["piece", "implementation", "ms per call (median)", "reference / this"]
     print(markdown_table(header, rows))
     return rows

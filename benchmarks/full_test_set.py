@@ -7,7 +7,10 @@
 Times ``pv.log_likelihood(vae.model, vae.guide, test, num_samples=K)`` with the library's default
 batching on the test set binarized once (``binarize_static``), and prints wall and CPU seconds
 and the mean log-likelihood. bench_eval.py's whole-test-set figure is an extrapolation from a
-probe; this is the check of it (about 15 min on one CPU thread).
+probe; this is the check of it (7-8 min on one thread of this project's CPU). The times include
+compiling the likelihood's value kernel where the evaluation switches to it; the CPU seconds are
+this process's, without those of a compile's worker processes. Seeded: runs that differ only in
+a setting (``PYRO_VAE_COMPILE=0``, say) give the same mean to float32 rounding.
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ def main(argv=None) -> dict:
             return pv.log_likelihood(vae.model, vae.guide, test, num_samples=args.samples)
 
     print(f"# Test set, K = {args.samples}, {args.implementation}\n\n{environment(device)}\n")
+    # the same draws in every run, so that two runs differ by rounding, not by the estimator's
+    # noise
+    torch.manual_seed(0)
     sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():

@@ -32,8 +32,10 @@ def load_script(path, name: str):
 
 @pytest.fixture
 def room(monkeypatch):
-    """Room for new shapes in the Bernoulli likelihood's compiled kernel, whatever other tests
-    of this process compiled (its MAX_SHAPES)."""
+    """Room for new shapes in the Bernoulli likelihood's compiled kernels, whatever other tests
+    of this process compiled (their MAX_SHAPES), and no eager logits counted yet."""
     from pyro_vae.model import _bernoulli_kernel
 
-    monkeypatch.setattr(_bernoulli_kernel, "_signatures", set())
+    for kernel in (_bernoulli_kernel.RESIDUAL, _bernoulli_kernel.VALUE):
+        monkeypatch.setattr(kernel, "signatures", set())
+        monkeypatch.setattr(kernel, "eager_logits", {})

@@ -36,8 +36,9 @@ def test_benchmark_smoke_mode(script):
         assert out.count("| reference, fused Adam, in the library's process |") >= 8
         assert "page faults a step" in out
         assert "set there: True" in out or platform.libc_ver()[0] != "glibc"
-    else:  # the 3 MB-tile reference and the Pyro program on every tile
+    else:  # the 3 MB-tile reference, the Pyro program on every tile, the value kernel's A/B
         assert "reference, 3 MB tiles" in out and "| program |" in out
+        assert "| stock, compiled value |" in out and "| stock, eager value |" in out
 
 
 @pytest.mark.slow
@@ -60,15 +61,17 @@ def test_ais_benchmark_smoke_mode():
 
 @pytest.mark.slow
 def test_parts_benchmark_smoke_mode():
-    """The draw, batch and likelihood rows, each with its reference; the script itself asserts
-    that train()'s batch is the hand-written one and every likelihood's gradient is the
-    cross-entropy's."""
+    """The draw, batch, likelihood and evaluation-value rows, each with its reference; the
+    script itself asserts that train()'s batch is the hand-written one, every likelihood's
+    gradient is the cross-entropy's, and every value on the evaluation tile is too."""
     out = _smoke("bench_parts.py")
-    assert out.count("| reference |") == 4 and out.count("| library |") == 4
+    assert out.count("| reference |") == 5 and out.count("| library |") == 4
     assert "| batch [16, 64] of 512 rows |" in out
     assert "softplus under autograd" in out
-    assert out.count("| library, eager path |") == 2
+    assert out.count("| library, eager path |") == 3
     assert out.count("| library, compiled kernel |") == 2
+    assert "| log-likelihood value, evaluation tile [128, 128, 64] |" in out
+    assert out.count("| library, compiled value kernel |") == 1
 
 
 @pytest.mark.slow

@@ -198,12 +198,14 @@ def test_bernoulli_log_prob_other_autograd_uses(compiled, room):
     """What the cross-entropy allowed still works: torch.func.grad and vmap, forward-mode AD,
     batched gradients, expanded (stride-0) logits, float32 logits against float64 data, and grad
     mode on with logits that need no gradient (a plain value); on the eager path and with the
-    compiled kernel serving every size (whose forward runs under all of these)."""
+    compiled kernels serving every size (whose forward runs under all of these; the value
+    kernel without a gradient, forward-mode AD included)."""
     from pyro_vae.model import _bernoulli_kernel as bk
 
-    with bk.settings(enabled=compiled, min_logits=0):
+    with bk.settings(enabled=compiled, min_logits=0, value_compile_after=0):
         _other_autograd_uses()
-    assert bool(bk._signatures) == compiled  # the kernel ran where asked, and only there
+    # the kernels ran where asked, and only there
+    assert bool(bk.RESIDUAL.signatures) == bool(bk.VALUE.signatures) == compiled
 
 
 def _other_autograd_uses():
@@ -227,6 +229,11 @@ def _other_autograd_uses():
         torch.testing.assert_close(
             forward_ad.unpack_dual(out).tangent, (expected * tangent).sum(-1)
         )
+        with torch.no_grad():  # forward AD without a graph: the value path keeps the tangent
+            out = like.log_prob(forward_ad.make_dual(logits, tangent), x)
+        torch.testing.assert_close(
+            forward_ad.unpack_dual(out).tangent, (expected * tangent).sum(-1)
+        )
     leaf = logits.clone().requires_grad_()
     out = like.log_prob(leaf, x)
     (batched,) = torch.autograd.grad(
@@ -245,3 +252,5 @@ def _other_autograd_uses():
     torch.testing.assert_close(
         plain, torch.distributions.Bernoulli(logits=logits).log_prob(x).sum(-1)
     )
+    with torch.no_grad():
+        torch.testing.assert_close(like.log_prob(logits, x), plain)

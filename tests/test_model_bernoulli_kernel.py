@@ -37,6 +37,7 @@ def test_the_formulas_equal_softplus_and_sigmoid(d):
     expected_log_p, expected_residual = _eager(logits, x)
     torch.testing.assert_close(log_p, expected_log_p, rtol=1e-13, atol=1e-12)
     torch.testing.assert_close(residual, expected_residual, rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(bk.value_kernel(logits, x), log_p, rtol=0, atol=0)
 
 
 def test_the_formulas_at_infinite_logits():
@@ -49,6 +50,7 @@ def test_the_formulas_at_infinite_logits():
     ):
         log_p, residual = bk.residual_kernel(logits[i : i + 1], x[i : i + 1])
         assert log_p.item() == expected and residual.item() == expected_residual
+        assert bk.value_kernel(logits[i : i + 1], x[i : i + 1]).item() == expected
 
 
 @pytest.mark.parametrize("scale", [0.01, 2.0, 8.0, 20.0])
@@ -86,8 +88,8 @@ def test_the_compiled_path_gives_the_eager_paths_value_and_gradient(dtype, room)
     compiled_leaf = logits.clone().requires_grad_()
     with bk.settings(enabled=True, min_logits=0):
         out = like.log_prob(compiled_leaf, x)
-        assert len(bk._signatures) == 1 and bk._kernel not in (None, False)
-        (signature,) = bk._signatures
+        assert len(bk.RESIDUAL.signatures) == 1 and bk.RESIDUAL.compiled is not None
+        (signature,) = bk.RESIDUAL.signatures
         assert signature[:5] == (
             compiled_leaf.shape,
             compiled_leaf.stride(),
@@ -119,14 +121,105 @@ def test_where_the_compiled_kernel_serves(room):
         assert bk.fused_log_prob(logits, x) is None
     with bk.settings(enabled=True, min_logits=0):
         assert bk.fused_log_prob(logits, x) is not None
-        bk._signatures.update(("another shape", i) for i in range(bk.MAX_SHAPES - 1))
+        bk.RESIDUAL.signatures.update(("another shape", i) for i in range(bk.MAX_SHAPES - 1))
         assert bk.fused_log_prob(logits, x) is not None  # compiled already
         assert bk.fused_log_prob(logits[:, :2], x[:2]) is None  # one shape too many
+
+
+def test_the_value_kernel_is_compiled_once_a_shape_has_run_long_enough(room):
+    """Without a gradient, BernoulliLikelihood.log_prob runs eagerly and counts a signature's
+    logits until they pass VALUE_COMPILE_AFTER, then runs the compiled value kernel: the same
+    value to float64 rounding. Each shape counts on its own; with a gradient the pair's kernel
+    serves, not this one."""
+    like = BernoulliLikelihood(30)
+    logits, x = _data((4, 8, 30), torch.float64)
+    expected, _ = _eager(logits, x)
+    n = logits.numel()
+    with torch.no_grad(), bk.settings(enabled=True, min_logits=0, value_compile_after=3 * n):
+        for passes in range(1, 4):
+            out = like.log_prob(logits, x)
+            torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-12)
+            assert not bk.VALUE.signatures and list(bk.VALUE.eager_logits.values()) == [passes * n]
+        out = like.log_prob(logits, x)  # past 3n: compiled
+        assert len(bk.VALUE.signatures) == 1 and not bk.VALUE.eager_logits
+        torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-12)
+        torch.testing.assert_close(like.log_prob(logits[:2], x), expected[:2], rtol=0, atol=0)
+        assert len(bk.VALUE.signatures) == 1 and list(bk.VALUE.eager_logits.values()) == [n // 2]
+    with bk.settings(enabled=True, min_logits=0, value_compile_after=0):
+        like.log_prob(logits.clone().requires_grad_(), x)
+    assert len(bk.VALUE.signatures) == 1 and len(bk.RESIDUAL.signatures) == 1
+
+
+def test_the_value_kernel_compiles_at_most_max_shapes_and_counts_a_bounded_table(room):
+    """Past MAX_SHAPES compiled signatures a new one stays eager; past _MAX_COUNTED counted
+    ones a new signature is not counted (it stays eager), while those counted go on."""
+    logits, x = _data((4, 8, 30), torch.float64)
+    with torch.no_grad(), bk.settings(enabled=True, min_logits=0, value_compile_after=0):
+        bk.VALUE.signatures.update(("another shape", i) for i in range(bk.MAX_SHAPES - 1))
+        assert bk.fused_value(logits, x) is not None
+        assert bk.fused_value(logits[:2], x) is None  # one shape too many
+    bk.VALUE.signatures.clear()
+    n = logits.numel()
+    with torch.no_grad(), bk.settings(enabled=True, min_logits=0, value_compile_after=10 * n):
+        bk.VALUE.eager_logits.update({("counted", i): 1 for i in range(bk._MAX_COUNTED - 1)})
+        assert bk.fused_value(logits, x) is None
+        assert bk.fused_value(logits[:2], x) is None
+        assert len(bk.VALUE.eager_logits) == bk._MAX_COUNTED
+        assert bk.fused_value(logits, x) is None
+        counts = [v for k, v in bk.VALUE.eager_logits.items() if k[0] != "counted"]
+        assert counts == [2 * n]  # the first shape counted twice, the second not at all
+
+
+def test_the_value_kernel_leaves_transforms_and_subclasses_to_the_eager_path(room):
+    """Under torch.func.vmap, or on a tensor subclass with a __torch_function__, the value is
+    the eager one and nothing is compiled (a compiled function would trace them)."""
+
+    class Tagged(torch.Tensor):
+        pass
+
+    like = BernoulliLikelihood(30)
+    logits, x = _data((4, 8, 30), torch.float64)
+    expected, _ = _eager(logits, x)
+    with torch.no_grad(), bk.settings(enabled=True, min_logits=0, value_compile_after=0):
+        mapped = torch.func.vmap(lambda t: like.log_prob(t, x))(logits)
+        tagged = like.log_prob(logits.as_subclass(Tagged), x)
+    torch.testing.assert_close(mapped, expected, rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(tagged.as_subclass(torch.Tensor), expected, rtol=1e-13, atol=1e-12)
+    assert not bk.VALUE.signatures and not bk.VALUE.eager_logits
+
+
+def test_the_k_sample_log_likelihood_with_the_compiled_value_equals_the_eager_one(room):
+    """pv.log_likelihood in float64 with the value kernel compiled from the first tile on,
+    against the eager path: the same estimates to float64 rounding, and the kernel really ran
+    (on the tiles of 7 samples and the ragged last one of 4, among others)."""
+    import pyro_vae as pv
+
+    g = torch.Generator().manual_seed(1)
+    data = torch.bernoulli(torch.rand(10, 30, generator=g), generator=g).double()
+    torch.manual_seed(0)
+    vae = pv.VAE(30, 3, (16,)).double()
+    estimates = {}
+    for compiled in (True, False):
+        torch.manual_seed(2)
+        with bk.settings(enabled=compiled, min_logits=0, value_compile_after=0):
+            estimates[compiled] = pv.log_likelihood(
+                vae.model, vae.guide, data, num_samples=25, batch_size=5, chunk_size=7
+            )
+    shapes = {signature[0] for signature in bk.VALUE.signatures}
+    assert {torch.Size([7, 5, 30]), torch.Size([4, 5, 30])} <= shapes
+    torch.testing.assert_close(estimates[True], estimates[False], rtol=1e-12, atol=1e-12)
 
 
 def test_the_default_threshold_compiles_k_samples_not_one_batch():
     """At the defaults a K = 5 MNIST batch of 128 qualifies, a K = 1 batch does not."""
     assert 5 * 128 * 784 >= bk.COMPILE_MIN_LOGITS > 128 * 784
+
+
+def test_the_default_value_threshold_compiles_long_evaluations_not_short_ones():
+    """The test set at K = 5000 switches within its first 6%; 1,000 images at K = 1000 (the
+    README's quick evaluations and the tests) stay eager."""
+    assert 10_000 * 5000 * 784 >= 16 * bk.VALUE_COMPILE_AFTER
+    assert bk.VALUE_COMPILE_AFTER > 1000 * 1000 * 784
 
 
 def test_the_environment_switch_turns_compiling_off():
@@ -153,7 +246,8 @@ def test_a_failed_compile_warns_once_and_the_eager_path_serves(monkeypatch, room
 
         return run
 
-    monkeypatch.setattr(bk, "_kernel", None)
+    monkeypatch.setattr(bk.RESIDUAL, "compiled", None)
+    monkeypatch.setattr(bk, "_failed", False)
     monkeypatch.setattr(torch, "compile", broken_compile)
     like = BernoulliLikelihood(16)
     logits, x = _data((2, 3, 16), torch.float64)
@@ -162,7 +256,9 @@ def test_a_failed_compile_warns_once_and_the_eager_path_serves(monkeypatch, room
         with pytest.warns(RuntimeWarning, match="InvalidCxxCompiler.*PYRO_VAE_COMPILE=0"):
             out = like.log_prob(leaf, x)
         again = like.log_prob(leaf, x)
-    assert bk._kernel is False and len(calls) == 1
+    assert bk._failed and len(calls) == 1
+    with torch.no_grad(), bk.settings(enabled=True, min_logits=0, value_compile_after=0):
+        assert bk.fused_value(logits, x) is None  # the value kernel does not try either
     expected, residual = _eager(logits, x)
     torch.testing.assert_close(out.detach(), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(again.detach(), expected, rtol=1e-12, atol=1e-12)
@@ -179,7 +275,7 @@ def test_the_compiled_path_passes_gradcheck(room):
     with bk.settings(enabled=True, min_logits=0):
         assert torch.autograd.gradcheck(lambda t: like.log_prob(t, x), (leaf,))
         assert torch.autograd.gradgradcheck(lambda t: like.log_prob(t, x), (leaf,))
-        assert len(bk._signatures) == 1
+        assert len(bk.RESIDUAL.signatures) == 1
 
 
 @pytest.mark.parametrize("elbo", ["iwae", "dreg"])
@@ -204,7 +300,7 @@ def test_training_with_the_compiled_kernel_ends_where_the_eager_path_does(elbo, 
         with bk.settings(enabled=compiled, min_logits=0):
             result = pv.train(vae, x, config=replace(config))
         ends[compiled] = vae.state_dict(), [h["train_elbo"] for h in result.history]
-    assert len(bk._signatures) == 2
+    assert len(bk.RESIDUAL.signatures) == 2
     (state, elbos), (ref, ref_elbos) = ends[True], ends[False]
     assert elbos == pytest.approx(ref_elbos, rel=1e-10)
     for name, p in state.items():

@@ -1,33 +1,45 @@
-"""The differentiated Bernoulli log-likelihood of a large tensor in one compiled pass.
+"""The Bernoulli log-likelihood of a large tensor in one compiled pass.
 
-:func:`fused_log_prob` gives both what the forward returns (log p, summed over the event) and
-what the backward needs (``sigmoid(logit) - x``), from one ``exp`` a logit, as a kernel that
-``torch.compile`` (inductor) fuses into one loop over the logits. Eager torch needs five passes
-for the same (``addcmul``, ``softplus``, ``sum``; ``sigmoid``, ``sub``), and softplus's ``log1p``
-is most of their cost: here the ``log1p`` terms are summed as the log of products of 16 factors,
-one ``log`` per 16 pixels.
+:func:`fused_log_prob` gives both what the differentiated forward returns (log p, summed over
+the event) and what the backward needs (``sigmoid(logit) - x``), from one ``exp`` a logit, as a
+kernel that ``torch.compile`` (inductor) fuses into one loop over the logits; :func:`fused_value`
+gives the value alone, for the K-sample evaluation (no gradient). Eager torch needs five passes
+for the pair (``addcmul``, ``softplus``, ``sum``; ``sigmoid``, ``sub``) and three for the value,
+and softplus's ``log1p`` is most of their cost: here the ``log1p`` terms are summed as the log
+of products of 16 factors, one ``log`` per 16 pixels.
 
 Measured on this project's CPU (one thread, ``python benchmarks/bench_parts.py``,
 benchmarks/RESULTS.md): forward and backward 0.88-0.99 ms against the eager path's 1.68 ms at
-5 x 128 x 784 logits, about 1.4 ns saved a logit, 0.3 s an epoch of MNIST at K = 5. Compiling
-costs about 1 s for each new shape, a few seconds for the first in a process (inductor keeps
-its cache on disk), so it pays back within a few epochs, and it serves only:
+5 x 128 x 784 logits, about 1.4 ns saved a logit, 0.3 s an epoch of MNIST at K = 5; the value
+alone on an evaluation tile (133 x 10 x 784) 0.91 against 2.10 ms, 0.68 against 1.58 us a
+sample, 45 s of the 50 million samples of the test set at K = 5000. Compiling costs 1-4 s for
+the first shape in a process and 0.07-1 s for each new one, from inductor's cache on disk (with
+that cache cold, the first compile on a machine takes 14-20 s, once). The pair pays back within
+a few epochs and is compiled at first sight. How long an evaluation runs is not known in
+advance, so the value is compiled for a shape only once its eager passes have cost about what
+compiling from the disk cache does (:data:`VALUE_COMPILE_AFTER`, ski rental: with a warm cache,
+never much more than twice the better choice's time); an evaluation shorter than that stays
+eager. The value kernel serves every Bernoulli log-likelihood computed without a gradient: the
+K-sample log-likelihood, the ELBO's evaluation, AIS's and the gaps' values. The kernels serve
+only:
 
 * tensors of at least :data:`COMPILE_MIN_LOGITS` logits (K >= 3 particles of a 128 x 784
-  batch; a K = 1 batch stays eager, as does every evaluation, which runs without a gradient);
+  batch; a K = 1 batch stays eager);
 * on a CPU, in float32 or float64 (a product of 16 factors in (1, 2] can overflow float16),
   with data of the logits' dtype that broadcast to their shape;
-* for at most :data:`MAX_SHAPES` shapes a process (a training run has two, the full batch and
-  the last: six serve three settings of K in one process and stay under torch's own limit of
-  eight recompiles, past which it warns);
+* for at most :data:`MAX_SHAPES` shapes a process and kernel (a training run has two, the full
+  batch and the last: six serve three settings of K in one process and stay under torch's own
+  limit of eight recompiles, past which it warns; an evaluation has one or two that run long);
 * unless ``PYRO_VAE_COMPILE=0`` is set, or compiling failed once in this process (no C++
   compiler, say): then a RuntimeWarning names the cause and the eager path serves from then on.
 
 Every other case gets ``None`` and runs the eager formulas. The two paths agree to rounding
 (tests/test_model_bernoulli_kernel.py): in float64 to 1e-13; in float32 the products round
 every factor ``1 + e`` and 15 multiplications a group, about 1e-4 nats over 784 pixels (relative
-about 2e-7, as large as a float32 sum's rounding of such values). At infinite logits the
-kernel gives the limits (log p = 0 or -inf), where the eager ``addcmul`` gives NaN: in
+about 2e-7, as large as a float32 sum's rounding of such values). So a float32 evaluation that
+switches to the compiled value partway gives its later tiles values that differ from an eager
+run's by that rounding: seeded runs agree to it, not bit for bit. At infinite logits the
+kernels give the limits (log p = 0 or -inf), where the eager ``addcmul`` gives NaN: in
 training, the value at an infinite logit depends on the tensor's size. ``PYRO_VAE_COMPILE`` is
 read at import; only ``0`` switches compiling off. :func:`settings` changes this module's
 globals, for all threads.
@@ -38,7 +50,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.nn.functional import pad
@@ -46,41 +59,164 @@ from torch.nn.functional import pad
 __all__ = [
     "COMPILE_MIN_LOGITS",
     "MAX_SHAPES",
+    "RESIDUAL",
+    "VALUE",
+    "VALUE_COMPILE_AFTER",
     "broadcasts_to",
     "fused_log_prob",
+    "fused_value",
     "residual_kernel",
     "settings",
+    "value_kernel",
 ]
 
-#: the fewest logits a tensor needs for the compiled kernel (2^18 = 262,144: 5 x 128 x 784 =
+#: the fewest logits a tensor needs for the compiled kernels (2^18 = 262,144: 5 x 128 x 784 =
 #: 501,760 qualifies, 128 x 784 = 100,352 does not)
 COMPILE_MIN_LOGITS = 2**18
-#: the most distinct signatures compiled in one process (shapes, strides and dtype, and what
-#: torch.compile also guards on: threads, default dtype, grad mode)
+#: the most distinct signatures compiled in one process, for each kernel (shapes, strides and
+#: dtype, and what torch.compile also guards on: threads, default dtype, grad mode)
 MAX_SHAPES = 6
+#: logits a signature passes through the eager value path before the value kernel is compiled
+#: for it: 2^31 (2.7 million MNIST samples) at about 2 ns a logit is about 4 s, what the first
+#: compile in a process costs from inductor's disk cache (3.6-3.8 s measured; each new shape
+#: after it 0.07 s)
+VALUE_COMPILE_AFTER = 2**31
 #: products of this many factors in (1, 2] stay below 2^16
 _GROUP = 16
+#: signatures whose eager logits are counted at once
+_MAX_COUNTED = 4 * MAX_SHAPES
 
 _enabled = os.environ.get("PYRO_VAE_COMPILE", "1") != "0"
-_kernel = None  # built on first use; False after a failure
-_signatures: set[tuple] = set()
+_failed = False  # compiling failed once in this process: the eager paths serve from then on
+
+
+def _log_p(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """-sum_d softplus(t_d) ``[...]`` from ``t [..., D]`` and ``e = exp(-|t|)``: softplus(t) =
+    max(t, 0) + log1p(e), with sum_d log1p(e_d) taken as the log of products of 16 factors
+    1 + e_d in (1, 2]."""
+    factors = pad(1 + e, (0, (-t.shape[-1]) % _GROUP), value=1.0)
+    log_1pe = factors.unflatten(-1, (-1, _GROUP)).prod(-1).log().sum(-1)
+    return -(t.clamp_min(0).sum(-1) + log_1pe)
+
+
+def value_kernel(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p ``[...]`` for ``logits [..., D]`` and binary ``x`` broadcast to them: -sum_d
+    softplus(t_d) with t = (1 - 2x) * logit; the function :func:`fused_value` compiles."""
+    t = logits * (1 - 2 * x)  # a product, not addcmul's l - 2lx: inf * 0 would give NaN
+    return _log_p(t, torch.exp(-t.abs()))
 
 
 def residual_kernel(logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log p [...], sigmoid(logits) - x [..., D])`` for ``logits [..., D]`` and binary ``x``
-    broadcast to them; the function that is compiled (eager, it gives the same numbers).
-
-    With t = (1 - 2x) * logit and e = exp(-|t|) = exp(-|logit|): log p = -sum_d softplus(t_d)
-    and softplus(t) = max(t, 0) + log1p(e), with sum_d log1p(e_d) taken as the log of products
-    of 16 factors 1 + e_d in (1, 2]; sigmoid(logit) is 1 / (1 + e) for logit >= 0, else
-    e / (1 + e)."""
-    t = logits * (1 - 2 * x)  # a product, not addcmul's l - 2lx: inf * 0 would give NaN
+    broadcast to them; the function :func:`fused_log_prob` compiles (eager, it gives the same
+    numbers). With e = exp(-|t|) = exp(-|logit|), sigmoid(logit) is 1 / (1 + e) for logit >= 0,
+    else e / (1 + e)."""
+    t = logits * (1 - 2 * x)
     e = torch.exp(-t.abs())
-    factors = pad(1 + e, (0, (-logits.shape[-1]) % _GROUP), value=1.0)
-    log_1pe = factors.unflatten(-1, (-1, _GROUP)).prod(-1).log().sum(-1)
-    log_p = -(t.clamp_min(0).sum(-1) + log_1pe)
     residual = torch.where(logits >= 0, 1.0, e) / (1 + e) - x
-    return log_p, residual
+    return _log_p(t, e), residual
+
+
+class _Kernel:
+    """One of the functions above, compiled on demand: the signatures compiled so far, and the
+    logits each signature not yet compiled has passed through the eager path.
+
+    ``compile_after`` gives that count's threshold (read on each call, so that
+    :func:`settings` can change it); ``None`` compiles a signature at first sight. The counts
+    are not synchronized: threads that share the module may lose a count or compile a
+    signature twice (torch's cache then serves both), never get a wrong value."""
+
+    def __init__(self, fn: Callable, compile_after: Callable[[], int] | None) -> None:
+        self.fn = fn
+        self.compile_after = compile_after
+        self.compiled: Callable | None = None
+        self.signatures: set[tuple] = set()
+        self.eager_logits: dict[tuple, int] = {}
+
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor) -> Any:
+        """``fn(logits [..., D], x)`` compiled (what ``fn`` returns), or ``None``: where the
+        kernel does not serve (:func:`_serves`), past :data:`MAX_SHAPES`, or while the
+        signature still counts its eager logits."""
+        global _failed
+        if not _serves(logits, x):
+            return None
+        # with what torch.compile also guards on (threads, default dtype, grad and inference
+        # mode), so that the count is of torch's recompiles
+        signature = (
+            logits.shape,
+            logits.stride(),
+            x.shape,
+            x.stride(),
+            logits.dtype,
+            torch.get_num_threads(),
+            torch.get_default_dtype(),
+            torch.is_grad_enabled(),
+            torch.is_inference_mode_enabled(),
+            logits.is_inference(),
+            x.is_inference(),
+        )
+        if signature not in self.signatures:
+            if len(self.signatures) >= MAX_SHAPES:
+                return None
+            if self.compile_after is not None:
+                seen = self.eager_logits.get(signature, 0) + logits.numel()
+                if seen <= self.compile_after():
+                    # a bounded table: a process of many short-lived shapes stops counting new
+                    # ones (they stay eager) instead of growing it
+                    if signature in self.eager_logits or len(self.eager_logits) < _MAX_COUNTED:
+                        self.eager_logits[signature] = seen
+                    return None
+        # detached: leaves that need no gradient (the caller may be an autograd function's
+        # forward), which dynamo wraps without reading a non-leaf's .grad (a UserWarning)
+        logits, x = logits.detach(), x.detach()
+        try:
+            if signature in self.signatures:
+                out = self.compiled(logits, x)
+            else:
+                # compiling imports parts of torch that warn of torch's own deprecated APIs
+                # (torch.jit.script_method): not the caller's to act on, and under -W error
+                # they would stop the compile
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    if self.compiled is None:
+                        self.compiled = torch.compile(self.fn, dynamic=False)
+                    out = self.compiled(logits, x)
+        except Exception as err:  # noqa: BLE001 - whatever stops inductor, the eager path serves
+            # for both kernels: what stops one (no C++ compiler, say) stops the other
+            _failed = True
+            warnings.warn(
+                f"pyro_vae: torch.compile failed for the Bernoulli log-likelihood "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); the "
+                f"eager path serves from now on in this process (correct, about 1 ns a logit "
+                f"slower). Set PYRO_VAE_COMPILE=0 to skip the attempt.",
+                RuntimeWarning,
+                stacklevel=3,  # the caller of fused_log_prob / fused_value
+            )
+            return None
+        self.signatures.add(signature)
+        self.eager_logits.pop(signature, None)
+        return out
+
+
+def _serves(logits: torch.Tensor, x: torch.Tensor) -> bool:
+    return (
+        _enabled
+        and not _failed
+        and logits.numel() >= COMPILE_MIN_LOGITS
+        and logits.device.type == "cpu"
+        and logits.dtype in (torch.float32, torch.float64)
+        and x.dtype == logits.dtype
+        and broadcasts_to(x.shape, logits.shape)
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()  # Pyro's JitTrace_ELBO: the eager ops are traced
+    )
+
+
+#: the pair, compiled at first sight of a signature (training)
+RESIDUAL = _Kernel(residual_kernel, None)
+#: the value, compiled once a signature has run long enough eagerly (evaluation); a lambda, so
+#: that it reads the module's current VALUE_COMPILE_AFTER
+VALUE = _Kernel(value_kernel, lambda: VALUE_COMPILE_AFTER)
 
 
 def broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
@@ -97,75 +233,35 @@ def fused_log_prob(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """:func:`residual_kernel` compiled, for ``logits [..., D]`` and binary ``x`` of the same
     dtype that broadcasts to them; ``None`` where it does not serve (the module docstring)."""
-    global _kernel
-    if not (
-        _enabled
-        and _kernel is not False
-        and logits.numel() >= COMPILE_MIN_LOGITS
-        and logits.device.type == "cpu"
-        and logits.dtype in (torch.float32, torch.float64)
-        and x.dtype == logits.dtype
-        and broadcasts_to(x.shape, logits.shape)
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()  # Pyro's JitTrace_ELBO: the eager ops are traced
-    ):
-        return None
-    # with what torch.compile also guards on (threads, default dtype, grad mode), so that the
-    # count is of torch's recompiles
-    signature = (
-        logits.shape,
-        logits.stride(),
-        x.shape,
-        x.stride(),
-        logits.dtype,
-        torch.get_num_threads(),
-        torch.get_default_dtype(),
-        torch.is_grad_enabled(),
-    )
-    if signature not in _signatures and len(_signatures) >= MAX_SHAPES:
-        return None
-    # detached: leaves that need no gradient (the caller is an autograd function's forward),
-    # which dynamo wraps without reading a non-leaf's .grad (a UserWarning of torch's)
-    logits, x = logits.detach(), x.detach()
-    try:
-        if signature in _signatures:
-            out = _kernel(logits, x)
-        else:
-            # compiling imports parts of torch that warn of torch's own deprecated APIs
-            # (torch.jit.script_method): not the caller's to act on, and under -W error they
-            # would stop the compile
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                if _kernel is None:
-                    _kernel = torch.compile(residual_kernel, dynamic=False)
-                out = _kernel(logits, x)
-    except Exception as err:  # noqa: BLE001 - whatever stops inductor, the eager path serves
-        _kernel = False
-        warnings.warn(
-            f"pyro_vae: torch.compile failed for the Bernoulli log-likelihood "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); the "
-            f"eager path serves from now on in this process (correct, about 1.4 ns a logit "
-            f"slower). Set PYRO_VAE_COMPILE=0 to skip the attempt.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
-    _signatures.add(signature)
-    return out
+    return RESIDUAL(logits, x)
+
+
+def fused_value(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    """:func:`value_kernel` compiled, log p ``[...]`` for ``logits [..., D]``, as
+    :func:`fused_log_prob`, once the signature has passed :data:`VALUE_COMPILE_AFTER` logits
+    through the eager path (which serves until then: ``None``)."""
+    return VALUE(logits, x)
 
 
 @contextlib.contextmanager
-def settings(enabled: bool | None = None, min_logits: int | None = None) -> Iterator[None]:
-    """Within the block, compile (``enabled``) tensors of at least ``min_logits`` logits;
-    ``None`` keeps a setting. For tests and benchmarks: e.g. ``settings(min_logits=0)`` runs
-    the compiled kernel on small tensors, ``settings(enabled=False)`` the eager path."""
-    global _enabled, COMPILE_MIN_LOGITS
-    before = _enabled, COMPILE_MIN_LOGITS
+def settings(
+    enabled: bool | None = None,
+    min_logits: int | None = None,
+    value_compile_after: int | None = None,
+) -> Iterator[None]:
+    """Within the block, compile (``enabled``) tensors of at least ``min_logits`` logits, the
+    value kernel after ``value_compile_after`` eager logits of a signature; ``None`` keeps a
+    setting. For tests and benchmarks: e.g. ``settings(min_logits=0)`` runs the pair's compiled
+    kernel on small tensors, ``settings(enabled=False)`` the eager path."""
+    global _enabled, COMPILE_MIN_LOGITS, VALUE_COMPILE_AFTER
+    before = _enabled, COMPILE_MIN_LOGITS, VALUE_COMPILE_AFTER
     if enabled is not None:
         _enabled = enabled
     if min_logits is not None:
         COMPILE_MIN_LOGITS = min_logits
+    if value_compile_after is not None:
+        VALUE_COMPILE_AFTER = value_compile_after
     try:
         yield
     finally:
-        _enabled, COMPILE_MIN_LOGITS = before
+        _enabled, COMPILE_MIN_LOGITS, VALUE_COMPILE_AFTER = before
