@@ -151,8 +151,8 @@ def test_the_value_kernel_is_compiled_once_a_shape_has_run_long_enough(room):
 
 
 def test_the_value_kernel_compiles_at_most_max_shapes_and_counts_a_bounded_table(room):
-    """Past MAX_SHAPES compiled signatures a new one stays eager; past _MAX_COUNTED counted
-    ones a new signature is not counted (it stays eager), while those counted go on."""
+    """Past MAX_SHAPES compiled signatures a new one stays eager; with _MAX_COUNTED signatures
+    counted, a new one takes the place of the least run, and those counted go on."""
     logits, x = _data((4, 8, 30), torch.float64)
     with torch.no_grad(), bk.settings(enabled=True, min_logits=0, value_compile_after=0):
         bk.VALUE.signatures.update(("another shape", i) for i in range(bk.MAX_SHAPES - 1))
@@ -161,13 +161,14 @@ def test_the_value_kernel_compiles_at_most_max_shapes_and_counts_a_bounded_table
     bk.VALUE.signatures.clear()
     n = logits.numel()
     with torch.no_grad(), bk.settings(enabled=True, min_logits=0, value_compile_after=10 * n):
-        bk.VALUE.eager_logits.update({("counted", i): 1 for i in range(bk._MAX_COUNTED - 1)})
+        bk.VALUE.eager_logits.update({("counted", i): 2 + i for i in range(bk._MAX_COUNTED - 1)})
+        assert bk.fused_value(logits, x) is None  # the table is full now
+        assert bk.fused_value(logits[:2], x) is None  # ... so ("counted", 0) makes room
         assert bk.fused_value(logits, x) is None
-        assert bk.fused_value(logits[:2], x) is None
         assert len(bk.VALUE.eager_logits) == bk._MAX_COUNTED
-        assert bk.fused_value(logits, x) is None
-        counts = [v for k, v in bk.VALUE.eager_logits.items() if k[0] != "counted"]
-        assert counts == [2 * n]  # the first shape counted twice, the second not at all
+        assert ("counted", 0) not in bk.VALUE.eager_logits
+        counts = sorted(v for k, v in bk.VALUE.eager_logits.items() if k[0] != "counted")
+        assert counts == [n // 2, 2 * n]
 
 
 def test_the_value_kernel_leaves_transforms_and_subclasses_to_the_eager_path(room):
@@ -216,9 +217,9 @@ def test_the_default_threshold_compiles_k_samples_not_one_batch():
 
 
 def test_the_default_value_threshold_compiles_long_evaluations_not_short_ones():
-    """The test set at K = 5000 switches within its first 6%; 1,000 images at K = 1000 (the
+    """The test set at K = 5000 switches within its first 9%; 1,000 images at K = 1000 (the
     README's quick evaluations and the tests) stay eager."""
-    assert 10_000 * 5000 * 784 >= 16 * bk.VALUE_COMPILE_AFTER
+    assert 10_000 * 5000 * 784 >= 12 * bk.VALUE_COMPILE_AFTER
     assert bk.VALUE_COMPILE_AFTER > 1000 * 1000 * 784
 
 

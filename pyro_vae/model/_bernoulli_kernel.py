@@ -14,14 +14,14 @@ benchmarks/RESULTS.md): forward and backward 0.88-0.99 ms against the eager path
 alone on an evaluation tile (133 x 10 x 784) 0.91 against 2.10 ms, 0.68 against 1.58 us a
 sample, 45 s of the 50 million samples of the test set at K = 5000. Compiling costs 1-4 s for
 the first shape in a process and 0.07-1 s for each new one, from inductor's cache on disk (with
-that cache cold, the first compile on a machine takes 14-20 s, once). The pair pays back within
+that cache cold, the first compile on a machine takes 12-22 s, once). The pair pays back within
 a few epochs and is compiled at first sight. How long an evaluation runs is not known in
-advance, so the value is compiled for a shape only once its eager passes have cost about what
-compiling from the disk cache does (:data:`VALUE_COMPILE_AFTER`, ski rental: with a warm cache,
+advance, so the value is compiled for a shape only once the eager passes have lost about what
+compiling from the disk cache costs (:data:`VALUE_COMPILE_AFTER`, ski rental: with a warm cache,
 never much more than twice the better choice's time); an evaluation shorter than that stays
-eager. The value kernel serves every Bernoulli log-likelihood computed without a gradient: the
-K-sample log-likelihood, the ELBO's evaluation, AIS's and the gaps' values. The kernels serve
-only:
+eager, and so does a shape that never runs that long (the ragged last tile of each batch). The
+value kernel serves every Bernoulli log-likelihood computed without a gradient: the K-sample
+log-likelihood, the ELBO's evaluation, AIS's and the gaps' values. The kernels serve only:
 
 * tensors of at least :data:`COMPILE_MIN_LOGITS` logits (K >= 3 particles of a 128 x 784
   batch; a K = 1 batch stays eager);
@@ -77,10 +77,10 @@ COMPILE_MIN_LOGITS = 2**18
 #: dtype, and what torch.compile also guards on: threads, default dtype, grad mode)
 MAX_SHAPES = 6
 #: logits a signature passes through the eager value path before the value kernel is compiled
-#: for it: 2^31 (2.7 million MNIST samples) at about 2 ns a logit is about 4 s, what the first
-#: compile in a process costs from inductor's disk cache (3.6-3.8 s measured; each new shape
-#: after it 0.07 s)
-VALUE_COMPILE_AFTER = 2**31
+#: for it: 3 x 2^30 (4.1 million MNIST samples) at the 1.15 ns a logit that the kernel saves is
+#: 3.7 s, what the first compile in a process costs from inductor's disk cache (3.6-4.2 s
+#: measured; each new shape after it 0.07 s): ski rental's break-even
+VALUE_COMPILE_AFTER = 3 * 2**30
 #: products of this many factors in (1, 2] stay below 2^16
 _GROUP = 16
 #: signatures whose eager logits are counted at once
@@ -161,10 +161,14 @@ class _Kernel:
             if self.compile_after is not None:
                 seen = self.eager_logits.get(signature, 0) + logits.numel()
                 if seen <= self.compile_after():
-                    # a bounded table: a process of many short-lived shapes stops counting new
-                    # ones (they stay eager) instead of growing it
-                    if signature in self.eager_logits or len(self.eager_logits) < _MAX_COUNTED:
-                        self.eager_logits[signature] = seen
+                    if (
+                        signature not in self.eager_logits
+                        and len(self.eager_logits) >= _MAX_COUNTED
+                    ):
+                        # a bounded table: a process of many short-lived shapes forgets the
+                        # least run of them, so that a long evaluation later still gets counted
+                        del self.eager_logits[min(self.eager_logits, key=self.eager_logits.get)]
+                    self.eager_logits[signature] = seen
                     return None
         # detached: leaves that need no gradient (the caller may be an autograd function's
         # forward), which dynamo wraps without reading a non-leaf's .grad (a UserWarning)

@@ -80,17 +80,17 @@ def _bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     float64 (exp(-50) ~ 2e-22).
 
     Without a gradient (evaluation), in fewer passes over the largest tensor of a K-sample
-    evaluation than the cross-entropy (benchmarks/RESULTS.md: 1.60 against 1.98 us a sample),
-    and for a shape that has run long enough, in one compiled pass (:func:`fused_value`, 0.68
-    against 1.58 us a sample). Differentiated, :class:`_BinaryLogProb`. torch's own cross-entropy
-    instead where a custom autograd function would be wrong or cannot serve: data that need a
-    gradient themselves; tensor subclasses with a ``__torch_function__`` (and any active
-    torch-function mode), such as the ``ProvenanceTensor`` that Pyro's TraceGraph_ELBO wraps
-    around values downstream of a non-reparameterized site, which would cut the function's
-    output from the graph; and torch.func's transforms (``grad``, ``vmap``, ``jacrev``), which
-    an autograd function without a vmap rule refuses. The compiled value skips those two
-    (which a compiled function would trace) and forward-mode duals (whose tangent it would
-    drop)."""
+    evaluation than the cross-entropy (benchmarks/RESULTS.md: 1.58 against 1.66 us a sample on
+    a [133, 10, 784] tile), and for a shape that has run long enough, in one compiled pass
+    (:func:`fused_value`, 0.68 us a sample). Differentiated, :class:`_BinaryLogProb`. torch's
+    own cross-entropy instead where a custom autograd function would be wrong or cannot serve:
+    data that need a gradient themselves; tensor subclasses with a ``__torch_function__`` (and
+    any active torch-function mode), such as the ``ProvenanceTensor`` that Pyro's
+    TraceGraph_ELBO wraps around values downstream of a non-reparameterized site, which would
+    cut the function's output from the graph; and torch.func's transforms (``grad``, ``vmap``,
+    ``jacrev``), which an autograd function without a vmap rule refuses. The compiled value
+    skips those two (which a compiled function would trace) and forward-mode duals (whose
+    tangent it would drop)."""
     if not torch.is_grad_enabled():
         if not (has_torch_function((logits, x)) or _functorch_active() or _dual(logits, x)):
             value = fused_value(logits, x)
