@@ -30,6 +30,8 @@ log-likelihood, the ELBO's evaluation, AIS's and the gaps' values. The kernels s
 * for at most :data:`MAX_SHAPES` shapes a process and kernel (a training run has two, the full
   batch and the last: six serve three settings of K in one process and stay under torch's own
   limit of eight recompiles, past which it warns; an evaluation has one or two that run long);
+* on plain tensors outside torch.func's transforms and without a forward-mode tangent (which a
+  compiled function would trace or drop; the likelihood's autograd function never passes them);
 * unless ``PYRO_VAE_COMPILE=0`` is set, or compiling failed once in this process (no C++
   compiler, say): then a RuntimeWarning names the cause and the eager path serves from then on.
 
@@ -54,7 +56,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.autograd import forward_ad
 from torch.nn.functional import pad
+from torch.overrides import has_torch_function
 
 __all__ = [
     "COMPILE_MIN_LOGITS",
@@ -121,12 +125,12 @@ class _Kernel:
     """One of the functions above, compiled on demand: the signatures compiled so far, and the
     logits each signature not yet compiled has passed through the eager path.
 
-    ``compile_after`` gives that count's threshold (read on each call, so that
-    :func:`settings` can change it); ``None`` compiles a signature at first sight. The counts
+    ``compile_after`` is that count's threshold (:func:`settings` changes it); ``None`` compiles
+    a signature at first sight. The counts
     are not synchronized: threads that share the module may lose a count or compile a
     signature twice (torch's cache then serves both), never get a wrong value."""
 
-    def __init__(self, fn: Callable, compile_after: Callable[[], int] | None) -> None:
+    def __init__(self, fn: Callable, compile_after: int | None) -> None:
         self.fn = fn
         self.compile_after = compile_after
         self.compiled: Callable | None = None
@@ -160,7 +164,7 @@ class _Kernel:
                 return None
             if self.compile_after is not None:
                 seen = self.eager_logits.get(signature, 0) + logits.numel()
-                if seen <= self.compile_after():
+                if seen <= self.compile_after:
                     if (
                         signature not in self.eager_logits
                         and len(self.eager_logits) >= _MAX_COUNTED
@@ -213,14 +217,31 @@ def _serves(logits: torch.Tensor, x: torch.Tensor) -> bool:
         and broadcasts_to(x.shape, logits.shape)
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()  # Pyro's JitTrace_ELBO: the eager ops are traced
+        # what a compiled function would trace (tensor subclasses with a __torch_function__, such
+        # as Pyro's ProvenanceTensor; torch.func's transforms) or drop with the detached inputs
+        # (a forward-mode tangent, also carried without a gradient); an autograd function's
+        # forward sees none of them
+        and not has_torch_function((logits, x))
+        and not _functorch_active()
+        and not _dual(logits, x)
     )
+
+
+def _dual(*tensors: torch.Tensor) -> bool:
+    """Whether any of ``tensors`` carries a forward-mode tangent (``forward_ad.make_dual``)."""
+    return any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+#: whether a torch.func transform is active: torch.autograd.Function.apply asks the same (a
+#: private function of torch's; where a later torch lacks it, a transform raises its own clear
+#: error instead)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 #: the pair, compiled at first sight of a signature (training)
 RESIDUAL = _Kernel(residual_kernel, None)
-#: the value, compiled once a signature has run long enough eagerly (evaluation); a lambda, so
-#: that it reads the module's current VALUE_COMPILE_AFTER
-VALUE = _Kernel(value_kernel, lambda: VALUE_COMPILE_AFTER)
+#: the value, compiled once a signature has run long enough eagerly (evaluation)
+VALUE = _Kernel(value_kernel, VALUE_COMPILE_AFTER)
 
 
 def broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
@@ -257,15 +278,15 @@ def settings(
     value kernel after ``value_compile_after`` eager logits of a signature; ``None`` keeps a
     setting. For tests and benchmarks: e.g. ``settings(min_logits=0)`` runs the pair's compiled
     kernel on small tensors, ``settings(enabled=False)`` the eager path."""
-    global _enabled, COMPILE_MIN_LOGITS, VALUE_COMPILE_AFTER
-    before = _enabled, COMPILE_MIN_LOGITS, VALUE_COMPILE_AFTER
+    global _enabled, COMPILE_MIN_LOGITS
+    before = _enabled, COMPILE_MIN_LOGITS, VALUE.compile_after
     if enabled is not None:
         _enabled = enabled
     if min_logits is not None:
         COMPILE_MIN_LOGITS = min_logits
     if value_compile_after is not None:
-        VALUE_COMPILE_AFTER = value_compile_after
+        VALUE.compile_after = value_compile_after
     try:
         yield
     finally:
-        _enabled, COMPILE_MIN_LOGITS, VALUE_COMPILE_AFTER = before
+        _enabled, COMPILE_MIN_LOGITS, VALUE.compile_after = before

@@ -11,14 +11,13 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.autograd import forward_ad
 from torch.distributions.utils import broadcast_all
 from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 from torch.overrides import has_torch_function
 
 from .._registry import lookup
 from ..data.checks import check_data, is_integral, value_range
-from ._bernoulli_kernel import broadcasts_to, fused_log_prob, fused_value
+from ._bernoulli_kernel import _functorch_active, broadcasts_to, fused_log_prob, fused_value
 
 __all__ = [
     "Likelihood",
@@ -88,14 +87,11 @@ def _bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     any active torch-function mode), such as the ``ProvenanceTensor`` that Pyro's
     TraceGraph_ELBO wraps around values downstream of a non-reparameterized site, which would
     cut the function's output from the graph; and torch.func's transforms (``grad``, ``vmap``,
-    ``jacrev``), which an autograd function without a vmap rule refuses. The compiled value
-    skips those two (which a compiled function would trace) and forward-mode duals (whose
-    tangent it would drop)."""
+    ``jacrev``), which an autograd function without a vmap rule refuses."""
     if not torch.is_grad_enabled():
-        if not (has_torch_function((logits, x)) or _functorch_active() or _dual(logits, x)):
-            value = fused_value(logits, x)
-            if value is not None:
-                return value
+        value = fused_value(logits, x)
+        if value is not None:
+            return value
         # a product, not _BinaryLogProb's addcmul: an infinite logit gives 0 or -inf here, not
         # NaN, and (1 - 2x) is one small [B, D] pass that K-sample tiles share
         return softplus(logits * (1 - 2 * x), threshold=50.0).sum(-1).neg_()
@@ -103,18 +99,6 @@ def _bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         logits, x = broadcast_all(logits, x)
         return -binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
     return _BinaryLogProb.apply(logits, x)
-
-
-def _dual(*tensors: torch.Tensor) -> bool:
-    """Whether any of ``tensors`` carries a forward-mode tangent (``forward_ad.make_dual``),
-    which a compiled kernel's detached inputs would drop (forward AD runs under no_grad too)."""
-    return any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
-
-
-#: whether a torch.func transform is active: torch.autograd.Function.apply asks the same (a
-#: private function of torch's; where a later torch lacks it, a transform raises its own clear
-#: error instead)
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 class _BinaryLogProb(torch.autograd.Function):
