@@ -83,8 +83,8 @@ def binarized_test(smoke, device):
 
 
 #: ``stock`` with the Bernoulli likelihood's value kernel compiled from the first tile on, or
-#: kept eager (pyro_vae/model/_bernoulli_kernel.py): an evaluation switches to the kernel once a
-#: tile shape has run VALUE_COMPILE_AFTER logits, which a measurement here may not reach
+#: kept eager (pyro_vae/model/_bernoulli_kernel.py): ``stock`` compiles it where the work
+#: ahead or the logits run so far pay for the compile, which a measurement here may not reach
 VALUE_VARIANTS = {
     "stock, compiled value": dict(enabled=True, value_compile_after=0),
     "stock, eager value": dict(enabled=False),

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pyro_vae._work_ahead import work_ahead
 from pyro_vae.model import _bernoulli_kernel as bk
 from pyro_vae.model.likelihoods import BernoulliLikelihood
 
@@ -150,6 +151,56 @@ def test_the_value_kernel_is_compiled_once_a_shape_has_run_long_enough(room):
     assert len(bk.VALUE.signatures) == 1 and len(bk.RESIDUAL.signatures) == 1
 
 
+def test_with_the_work_ahead_known_the_value_kernel_compiles_at_once_or_not_at_all(room):
+    """Within a work_ahead block a signature is compiled at its first call where its eager
+    logits and the work ahead exceed PLANNED_MARGIN x the threshold, and stays eager through a
+    shorter block even past the threshold (no compile late in an evaluation that is about to
+    end); a later block counts what the earlier ones ran eagerly."""
+    like = BernoulliLikelihood(30)
+    logits, x = _data((4, 8, 30), torch.float64)
+    expected, _ = _eager(logits, x)
+    n, after = logits.numel(), 3 * logits.numel()
+    assert bk.PLANNED_MARGIN * after == 6 * n
+    with torch.no_grad(), bk.settings(enabled=True, min_logits=0, value_compile_after=after):
+        with work_ahead(5 * n):
+            for passes in range(1, 6):  # 4n and 5n eager logits are past the threshold
+                torch.testing.assert_close(like.log_prob(logits, x), expected, rtol=0, atol=0)
+                assert not bk.VALUE.signatures
+                assert list(bk.VALUE.eager_logits.values()) == [passes * n]
+        with work_ahead(2 * n):  # 6n seen and n ahead: past 6n, compiled at its first call
+            out = like.log_prob(logits, x)
+            assert len(bk.VALUE.signatures) == 1 and not bk.VALUE.eager_logits
+            torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-12)
+        with work_ahead(13 * n):  # a new shape: n / 2 seen and 12.5 n ahead
+            out = like.log_prob(logits[:2], x)
+            assert len(bk.VALUE.signatures) == 2 and not bk.VALUE.eager_logits
+            torch.testing.assert_close(out, expected[:2], rtol=1e-13, atol=1e-12)
+
+
+def test_the_k_sample_log_likelihood_states_its_work_ahead(monkeypatch, room):
+    """pv.log_likelihood runs its tiles inside a work_ahead block of N x K x D likelihood
+    elements (here 10 x 25 x 30), from which each tile's value takes its own, down to 0."""
+    import pyro_vae as pv
+
+    taken = []
+
+    def recorded(elements):
+        remaining = original(elements)
+        taken.append((elements, remaining))
+        return remaining
+
+    original = bk.take
+    monkeypatch.setattr(bk, "take", recorded)
+    g = torch.Generator().manual_seed(1)
+    data = torch.bernoulli(torch.rand(10, 30, generator=g), generator=g)
+    vae = pv.VAE(30, 3, (16,))
+    with bk.settings(enabled=True, min_logits=0, value_compile_after=2**40):
+        pv.log_likelihood(vae.model, vae.guide, data, num_samples=25, batch_size=5, chunk_size=7)
+    assert sum(taken[0]) == 10 * 25 * 30 and taken[-1][1] == 0
+    assert sum(elements for elements, _ in taken) >= 10 * 25 * 30
+    assert not bk.VALUE.signatures and bk.take is recorded
+
+
 def test_the_value_kernel_compiles_at_most_max_shapes_and_counts_a_bounded_table(room):
     """Past MAX_SHAPES compiled signatures a new one stays eager; with _MAX_COUNTED signatures
     counted, a new one takes the place of the least run, and those counted go on."""
@@ -217,10 +268,14 @@ def test_the_default_threshold_compiles_k_samples_not_one_batch():
 
 
 def test_the_default_value_threshold_compiles_long_evaluations_not_short_ones():
-    """The test set at K = 5000 switches within its first 9%; 1,000 images at K = 1000 (the
-    README's quick evaluations and the tests) stay eager."""
-    assert 10_000 * 5000 * 784 >= 12 * bk.VALUE_COMPILE_AFTER
+    """Work of unknown length switches after 3 x 2^30 logits: 1,000 images at K = 1000 (the
+    README's quick evaluations and the tests) stay eager. With the work ahead stated, the test
+    set at K = 5000 compiles at its first tile; 1,000 images at K = 5000 and the flagship's
+    default evaluation (10,000 images at K = 500) stay eager throughout."""
     assert bk.VALUE_COMPILE_AFTER > 1000 * 1000 * 784
+    planned = bk.PLANNED_MARGIN * bk.VALUE_COMPILE_AFTER
+    assert 10_000 * 5000 * 784 > planned
+    assert 1000 * 5000 * 784 <= planned and 10_000 * 500 * 784 <= planned
 
 
 def test_the_environment_switch_turns_compiling_off():

@@ -14,6 +14,7 @@ from pyro.poutine.runtime import am_i_wrapped
 
 from .._device import fork_rng
 from .._malloc import retain_freed_memory
+from .._work_ahead import work_ahead
 from .batching import CPU_TILE_ELEMENTS, CUDA_TILE_ELEMENTS, MIN_CHUNK, chunks, tile_elements
 from .inputs import check_model_data, check_owner_data
 from .log_weights import latent_sites, log_weights
@@ -110,17 +111,19 @@ def log_likelihood(
     program = _ProgramTiles(model, guide, max_plate_nesting, kwargs)
     dtype = data.dtype if data.is_floating_point() else torch.get_default_dtype()
     out = {k: torch.empty(n, dtype=dtype, device=data.device) for k in LogLikelihood._fields}
-    for start, b in chunks(n, batch_size):
-        x = data[start : start + b]
-        draw = _own_tiles(model.__self__, x, program, first=start == 0) if own else None
-        own, first = draw is not None, None
-        if draw is None:
-            draw, first = program.tiles(x)
-        acc = _LogSumExp()
-        for _, k in chunks(num_samples, chunk_size, first):
-            acc.add(draw(k))
-        for key, value in acc.result(num_samples).items():
-            out[key][start : start + b] = value
+    # the likelihood's elements, stated so that a compiled path decides at once whether it pays
+    with work_ahead(n * num_samples * max(1, data[0].numel())):
+        for start, b in chunks(n, batch_size):
+            x = data[start : start + b]
+            draw = _own_tiles(model.__self__, x, program, first=start == 0) if own else None
+            own, first = draw is not None, None
+            if draw is None:
+                draw, first = program.tiles(x)
+            acc = _LogSumExp()
+            for _, k in chunks(num_samples, chunk_size, first):
+                acc.add(draw(k))
+            for key, value in acc.result(num_samples).items():
+                out[key][start : start + b] = value
     if return_stats:
         return LogLikelihood(**out)
     return out["log_likelihood"]
