@@ -152,53 +152,61 @@ def test_the_value_kernel_is_compiled_once_a_shape_has_run_long_enough(room):
 
 
 def test_with_the_work_ahead_known_the_value_kernel_compiles_at_once_or_not_at_all(room):
-    """Within a work_ahead block a signature is compiled at its first call where its eager
-    logits and the work ahead exceed PLANNED_MARGIN x the threshold, and stays eager through a
-    shorter block even past the threshold (no compile late in an evaluation that is about to
-    end); a later block counts what the earlier ones ran eagerly."""
+    """Within a work_ahead block a signature of the plan's tile size is compiled at its first
+    call where its eager logits and the logits ahead exceed the threshold (without the plan:
+    only once its eager logits alone do, late), and stays eager through a block that does not;
+    a later block counts what earlier ones ran eagerly; a tile of another size is not in the
+    plan."""
     like = BernoulliLikelihood(30)
     logits, x = _data((4, 8, 30), torch.float64)
     expected, _ = _eager(logits, x)
-    n, after = logits.numel(), 3 * logits.numel()
-    assert bk.PLANNED_MARGIN * after == 6 * n
-    with torch.no_grad(), bk.settings(enabled=True, min_logits=0, value_compile_after=after):
-        with work_ahead(5 * n):
-            for passes in range(1, 6):  # 4n and 5n eager logits are past the threshold
+    n, half = logits.numel(), logits[:2]
+    with torch.no_grad(), bk.settings(enabled=True, min_logits=0, value_compile_after=3 * n):
+        with work_ahead(n, 3):  # 3n in all: not past 3n
+            for passes in range(1, 4):
                 torch.testing.assert_close(like.log_prob(logits, x), expected, rtol=0, atol=0)
                 assert not bk.VALUE.signatures
-                assert list(bk.VALUE.eager_logits.values()) == [passes * n]
-        with work_ahead(2 * n):  # 6n seen and n ahead: past 6n, compiled at its first call
-            out = like.log_prob(logits, x)
-            assert len(bk.VALUE.signatures) == 1 and not bk.VALUE.eager_logits
-            torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-12)
-        with work_ahead(13 * n):  # a new shape: n / 2 seen and 12.5 n ahead
-            out = like.log_prob(logits[:2], x)
-            assert len(bk.VALUE.signatures) == 2 and not bk.VALUE.eager_logits
+                assert bk.VALUE.eager_logits == {next(iter(bk.VALUE.eager_logits)): passes * n}
+        with work_ahead(n, 7):  # tiles of n: the plan says nothing of tiles of n / 2
+            like.log_prob(half, x)
+            assert not bk.VALUE.signatures
+        with work_ahead(n // 2, 7):  # n / 2 seen, n / 2 now, 3n ahead: past 3n at once
+            out = like.log_prob(half, x)
+            assert {s[0] for s in bk.VALUE.signatures} == {half.shape}
+            assert list(bk.VALUE.eager_logits.values()) == [3 * n]
             torch.testing.assert_close(out, expected[:2], rtol=1e-13, atol=1e-12)
+        with work_ahead(n, 1):  # 3n seen, n now and none ahead: past 3n
+            out = like.log_prob(logits, x)
+            assert len(bk.VALUE.signatures) == 2 and not bk.VALUE.eager_logits
+            torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-12)
 
 
-def test_the_k_sample_log_likelihood_states_its_work_ahead(monkeypatch, room):
-    """pv.log_likelihood runs its tiles inside a work_ahead block of N x K x D likelihood
-    elements (here 10 x 25 x 30), from which each tile's value takes its own, down to 0."""
+@pytest.mark.parametrize(("after", "compiles"), [(6299, True), (6300, False)])
+def test_the_k_sample_log_likelihood_states_its_full_tiles(after, compiles, monkeypatch, room):
+    """pv.log_likelihood states its full tiles, 2 batches of 5 x 3 chunks of 7 samples x 30
+    pixels = 6,300 logits: past the threshold, its full tile compiles at its first call; at it,
+    not at all (at most 6,300 logits run), and the ragged tiles of 4 samples never do."""
     import pyro_vae as pv
 
-    taken = []
+    calls = []
 
     def recorded(elements):
-        remaining = original(elements)
-        taken.append((elements, remaining))
-        return remaining
+        ahead = take(elements)
+        calls.append((elements, ahead, len(bk.VALUE.signatures)))
+        return ahead
 
-    original = bk.take
+    take = bk.take
     monkeypatch.setattr(bk, "take", recorded)
     g = torch.Generator().manual_seed(1)
     data = torch.bernoulli(torch.rand(10, 30, generator=g), generator=g)
     vae = pv.VAE(30, 3, (16,))
-    with bk.settings(enabled=True, min_logits=0, value_compile_after=2**40):
+    with bk.settings(enabled=True, min_logits=0, value_compile_after=after):
         pv.log_likelihood(vae.model, vae.guide, data, num_samples=25, batch_size=5, chunk_size=7)
-    assert sum(taken[0]) == 10 * 25 * 30 and taken[-1][1] == 0
-    assert sum(elements for elements, _ in taken) >= 10 * 25 * 30
-    assert not bk.VALUE.signatures and bk.take is recorded
+    full = [(ahead, compiled) for elements, ahead, compiled in calls if elements == 7 * 5 * 30]
+    assert [ahead for ahead, _ in full] == [6300 - 1050 * i for i in range(1, 7)]
+    assert [compiled for _, compiled in full] == [0] + [int(compiles)] * 5
+    assert {s[0] for s in bk.VALUE.signatures} == ({torch.Size([7, 5, 30])} if compiles else set())
+    assert all(ahead == 0 for elements, ahead, _ in calls if elements != 7 * 5 * 30)
 
 
 def test_the_value_kernel_compiles_at_most_max_shapes_and_counts_a_bounded_table(room):
@@ -269,13 +277,15 @@ def test_the_default_threshold_compiles_k_samples_not_one_batch():
 
 def test_the_default_value_threshold_compiles_long_evaluations_not_short_ones():
     """Work of unknown length switches after 3 x 2^30 logits: 1,000 images at K = 1000 (the
-    README's quick evaluations and the tests) stay eager. With the work ahead stated, the test
-    set at K = 5000 compiles at its first tile; 1,000 images at K = 5000 and the flagship's
-    default evaluation (10,000 images at K = 500) stay eager throughout."""
+    README's quick evaluations and the tests) stay eager. With the full tiles ahead stated (10
+    images x 133 samples, the default on a CPU), the test set and 1,000 images at K = 5000
+    compile at their first tile; the flagship's default evaluation (10,000 images at K = 500,
+    three full tiles of an image's 500 samples) stays eager throughout."""
     assert bk.VALUE_COMPILE_AFTER > 1000 * 1000 * 784
-    planned = bk.PLANNED_MARGIN * bk.VALUE_COMPILE_AFTER
-    assert 10_000 * 5000 * 784 > planned
-    assert 1000 * 5000 * 784 <= planned and 10_000 * 500 * 784 <= planned
+    tile = 133 * 10 * 784
+    assert 133 == 2**20 // (10 * 784) and 10 == 2**20 // (784 * 128)
+    assert 1000 * 37 * tile > bk.VALUE_COMPILE_AFTER  # 5000 // 133 = 37 full chunks
+    assert 1000 * 3 * tile <= bk.VALUE_COMPILE_AFTER
 
 
 def test_the_environment_switch_turns_compiling_off():

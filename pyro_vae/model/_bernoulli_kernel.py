@@ -15,19 +15,19 @@ alone on an evaluation tile (133 x 10 x 784) 0.91 against 2.10 ms, 0.68 against 
 sample, 45 s of the 50 million samples of the test set at K = 5000. Compiling costs 1-4 s for
 the first shape in a process and 0.07-1 s for each new one, from inductor's cache on disk (with
 that cache cold, the first compile on a machine takes 12-22 s, once). The pair pays back within
-a few epochs and is compiled at first sight. The value is compiled for a shape only where the
-work pays for the compile:
+a few epochs and is compiled at first sight. The value is compiled for a shape once its eager
+passes so far and the work known to lie ahead of it exceed what compiling from the disk cache
+costs (:data:`VALUE_COMPILE_AFTER`):
 
-* where an evaluation states the work ahead of it (:func:`pyro_vae._work_ahead.work_ahead`;
-  :func:`pyro_vae.log_likelihood` does), at once if the shape's eager logits so far and the
-  logits ahead exceed :data:`PLANNED_MARGIN` x :data:`VALUE_COMPILE_AFTER`, else not within
-  that evaluation: the test set at K = 5000 compiles at its first tile, 1,000 images at K =
-  5000 and the README's default evaluation (10,000 images at K = 500) stay eager, and a second
-  such evaluation in one process compiles at its start;
-* elsewhere, once the eager passes have lost about what compiling from the disk cache costs
-  (:data:`VALUE_COMPILE_AFTER`, ski rental: with a warm cache, never much more than twice the
-  better choice's time), so work shorter than that stays eager, and so does a shape that never
-  runs that long.
+* where nothing is known ahead, that is ski rental (with a warm cache, never much more than
+  twice the better choice's time): work shorter than that stays eager, and so does a shape that
+  never runs that long (the ragged last tile of each batch);
+* :func:`pyro_vae.log_likelihood` states the tiles of its full size ahead of it
+  (:func:`pyro_vae._work_ahead.work_ahead`), so such a tile compiles at its first call where its
+  evaluation repays the compile (the test set at K = 5000, 1,000 images at K = 5000) and not
+  within the evaluation otherwise (the flagship's default, 10,000 images at K = 500, runs 0.97 x
+  the threshold in full tiles): never partway through, where the rest would not repay it, and
+  never later than ski rental.
 
 The value kernel serves every Bernoulli log-likelihood computed without a gradient: the K-sample
 log-likelihood, the ELBO's evaluation, AIS's and the gaps' values. The kernels serve only:
@@ -74,7 +74,6 @@ from .._work_ahead import take
 __all__ = [
     "COMPILE_MIN_LOGITS",
     "MAX_SHAPES",
-    "PLANNED_MARGIN",
     "RESIDUAL",
     "VALUE",
     "VALUE_COMPILE_AFTER",
@@ -97,11 +96,6 @@ MAX_SHAPES = 6
 #: 3.7 s, what the first compile in a process costs from inductor's disk cache (3.6-4.2 s
 #: measured; each new shape after it 0.07 s): ski rental's break-even
 VALUE_COMPILE_AFTER = 3 * 2**30
-#: with the work ahead known, the value kernel is compiled for a signature when its eager logits
-#: and the logits ahead exceed this many times VALUE_COMPILE_AFTER: the known work must repay
-#: the warm compile twice, because the first compile on a machine (a cold cache) costs 3-6 times
-#: that, and the 1.15 ns saved a logit is a median on a shared host
-PLANNED_MARGIN = 2
 #: products of this many factors in (1, 2] stay below 2^16
 _GROUP = 16
 #: signatures whose eager logits are counted at once
@@ -142,10 +136,9 @@ class _Kernel:
     """One of the functions above, compiled on demand: the signatures compiled so far, and the
     logits each signature not yet compiled has passed through the eager path.
 
-    ``compile_after`` is that count's threshold (:func:`settings` changes it), or, within a
-    :func:`~pyro_vae._work_ahead.work_ahead` block, ``PLANNED_MARGIN`` times it is that of the
-    count and the work ahead together (each call takes its logits from the work ahead);
-    ``None`` compiles a signature at first sight. The counts
+    ``compile_after`` is the threshold of that count and the logits known to lie ahead together
+    (:func:`~pyro_vae._work_ahead.take`; :func:`settings` changes it); ``None`` compiles a
+    signature at first sight. The counts
     are not synchronized: threads that share the module may lose a count or compile a
     signature twice (torch's cache then serves both), never get a wrong value."""
 
@@ -163,7 +156,7 @@ class _Kernel:
         global _failed
         if not _serves(logits, x):
             return None
-        ahead = take(logits.numel()) if self.compile_after is not None else None
+        ahead = take(logits.numel()) if self.compile_after is not None else 0
         # with what torch.compile also guards on (threads, default dtype, grad and inference
         # mode), so that the count is of torch's recompiles
         signature = (
@@ -184,7 +177,7 @@ class _Kernel:
                 return None
             if self.compile_after is not None:
                 seen = self.eager_logits.get(signature, 0) + logits.numel()
-                if not self._repays(seen, ahead):
+                if seen + ahead <= self.compile_after:
                     if (
                         signature not in self.eager_logits
                         and len(self.eager_logits) >= _MAX_COUNTED
@@ -224,14 +217,6 @@ class _Kernel:
         self.signatures.add(signature)
         self.eager_logits.pop(signature, None)
         return out
-
-    def _repays(self, seen: int, ahead: int | None) -> bool:
-        """Whether compiling a signature pays: its eager logits ``seen`` (this call's
-        included) past ``compile_after``; or, with the logits ``ahead`` known, ``seen + ahead``
-        past ``PLANNED_MARGIN`` times it."""
-        if ahead is None:
-            return seen > self.compile_after
-        return seen + ahead > PLANNED_MARGIN * self.compile_after
 
 
 def _serves(logits: torch.Tensor, x: torch.Tensor) -> bool:
@@ -291,9 +276,9 @@ def fused_log_prob(
 
 def fused_value(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
     """:func:`value_kernel` compiled, log p ``[...]`` for ``logits [..., D]``, as
-    :func:`fused_log_prob`, once the signature has passed :data:`VALUE_COMPILE_AFTER` logits
-    through the eager path, or at once where the work ahead is known to repay the compile (the
-    module docstring); the eager path serves until then: ``None``."""
+    :func:`fused_log_prob`, once the signature's eager logits and those known to lie ahead of
+    it pass :data:`VALUE_COMPILE_AFTER` (the module docstring); the eager path serves until
+    then: ``None``."""
     return VALUE(logits, x)
 
 
