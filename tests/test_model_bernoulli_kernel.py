@@ -181,11 +181,18 @@ def test_with_the_work_ahead_known_the_value_kernel_compiles_at_once_or_not_at_a
             torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-12)
 
 
-@pytest.mark.parametrize(("after", "compiles"), [(6299, True), (6300, False)])
-def test_the_k_sample_log_likelihood_states_its_full_tiles(after, compiles, monkeypatch, room):
-    """pv.log_likelihood states its full tiles, 2 batches of 5 x 3 chunks of 7 samples x 30
-    pixels = 6,300 logits: past the threshold, its full tile compiles at its first call; at it,
-    not at all (at most 6,300 logits run), and the ragged tiles of 4 samples never do."""
+@pytest.mark.parametrize(
+    ("fast_path", "num_samples", "plan"),
+    # the model's own tiles: 7, 7, 7, 4; the Pyro program's, validated: 1, 7, 7, 6
+    [(True, 25, 2 * 3 * 1050), (False, 21, 2 * 2 * 1050)],
+)
+@pytest.mark.parametrize("past", [True, False])
+def test_the_k_sample_log_likelihood_states_its_full_tiles(
+    fast_path, num_samples, plan, past, monkeypatch, room
+):
+    """pv.log_likelihood states its full tiles (2 batches of 5, chunks of 7 samples, 30 pixels:
+    1,050 logits a tile) on either path: past the threshold, its full tile compiles at its first
+    call; at it, not at all; the ragged tiles and the first-batch checks are not in the plan."""
     import pyro_vae as pv
 
     calls = []
@@ -200,13 +207,23 @@ def test_the_k_sample_log_likelihood_states_its_full_tiles(after, compiles, monk
     g = torch.Generator().manual_seed(1)
     data = torch.bernoulli(torch.rand(10, 30, generator=g), generator=g)
     vae = pv.VAE(30, 3, (16,))
-    with bk.settings(enabled=True, min_logits=0, value_compile_after=after):
-        pv.log_likelihood(vae.model, vae.guide, data, num_samples=25, batch_size=5, chunk_size=7)
-    full = [(ahead, compiled) for elements, ahead, compiled in calls if elements == 7 * 5 * 30]
-    assert [ahead for ahead, _ in full] == [6300 - 1050 * i for i in range(1, 7)]
-    assert [compiled for _, compiled in full] == [0] + [int(compiles)] * 5
-    assert {s[0] for s in bk.VALUE.signatures} == ({torch.Size([7, 5, 30])} if compiles else set())
-    assert all(ahead == 0 for elements, ahead, _ in calls if elements != 7 * 5 * 30)
+    with bk.settings(enabled=True, min_logits=0, value_compile_after=plan - past):
+        pv.log_likelihood(
+            vae.model,
+            vae.guide,
+            data,
+            num_samples=num_samples,
+            batch_size=5,
+            chunk_size=7,
+            fast_path=fast_path,
+        )
+    full = [(ahead, compiled) for elements, ahead, compiled in calls if elements == 1050]
+    assert [ahead for ahead, _ in full] == [plan - 1050 * i for i in range(1, len(full) + 1)]
+    assert len(full) * 1050 == plan
+    assert [compiled for _, compiled in full] == [0] + [int(past)] * (len(full) - 1)
+    shapes = {torch.Size([7, 5, 30])} if past else set()
+    assert {s[0] for s in bk.VALUE.signatures} == shapes
+    assert all(ahead == 0 for elements, ahead, _ in calls if elements != 1050)
 
 
 def test_the_value_kernel_compiles_at_most_max_shapes_and_counts_a_bounded_table(room):
@@ -284,8 +301,8 @@ def test_the_default_value_threshold_compiles_long_evaluations_not_short_ones():
     assert bk.VALUE_COMPILE_AFTER > 1000 * 1000 * 784
     tile = 133 * 10 * 784
     assert 133 == 2**20 // (10 * 784) and 10 == 2**20 // (784 * 128)
-    assert 1000 * 37 * tile > bk.VALUE_COMPILE_AFTER  # 5000 // 133 = 37 full chunks
-    assert 1000 * 3 * tile <= bk.VALUE_COMPILE_AFTER
+    assert 100 * (4999 // 133) * tile > bk.VALUE_COMPILE_AFTER  # 100 batches of 37 full tiles
+    assert 1000 * (499 // 133) * tile <= bk.VALUE_COMPILE_AFTER  # 1000 batches of 3
 
 
 def test_the_environment_switch_turns_compiling_off():

@@ -111,9 +111,10 @@ def log_likelihood(
     program = _ProgramTiles(model, guide, max_plate_nesting, kwargs)
     dtype = data.dtype if data.is_floating_point() else torch.get_default_dtype()
     out = {k: torch.empty(n, dtype=dtype, device=data.device) for k in LogLikelihood._fields}
-    # the full tiles ahead, stated so that a compiled path decides at once whether it pays
+    # the full tiles ahead, stated so that a compiled path decides at once whether it pays: at
+    # least (K - 1) // chunk of them a full batch, as the program's first tile may be 1 sample
     tile = chunk_size * batch_size * max(1, data[0].numel())
-    with work_ahead(tile, (n // batch_size) * (num_samples // chunk_size)):
+    with work_ahead(tile, (n // batch_size) * ((num_samples - 1) // chunk_size)):
         for start, b in chunks(n, batch_size):
             x = data[start : start + b]
             draw = _own_tiles(model.__self__, x, program, first=start == 0) if own else None
