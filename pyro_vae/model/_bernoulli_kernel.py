@@ -138,9 +138,9 @@ class _Kernel:
 
     ``compile_after`` is the threshold of that count and the logits known to lie ahead together
     (:func:`~pyro_vae._work_ahead.take`; :func:`settings` changes it); ``None`` compiles a
-    signature at first sight. The counts
-    are not synchronized: threads that share the module may lose a count or compile a
-    signature twice (torch's cache then serves both), never get a wrong value."""
+    signature at first sight. The counts are not synchronized: threads that share the module
+    may lose a count or compile a signature twice (torch's cache then serves both), never get a
+    wrong value."""
 
     def __init__(self, fn: Callable, compile_after: int | None) -> None:
         self.fn = fn
@@ -253,7 +253,7 @@ _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda
 
 #: the pair, compiled at first sight of a signature (training)
 RESIDUAL = _Kernel(residual_kernel, None)
-#: the value, compiled once a signature has run long enough eagerly (evaluation)
+#: the value, compiled once a signature's eager runs and known work ahead repay it (evaluation)
 VALUE = _Kernel(value_kernel, VALUE_COMPILE_AFTER)
 
 
